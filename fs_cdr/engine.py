@@ -1,0 +1,215 @@
+"""The engine: configuration, record builder and sink lanes, fed one event at a time by a source.
+
+Sources (FreeSWITCH's EventConsumer in ``switch.py``, a recorded stream in ``source.py``) call
+:meth:`Engine.handle` from one thread; it never does I/O in normal operation and never raises.
+``status``, ``reload``, ``flush`` and ``stop`` may be called from any other thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from .channel import HANGUP_EVENT, Headers, dumps, header
+from .config import CdrConfig
+from .errors import ConfigError
+from .record import CallRecord, RecordBuilder
+from .sinks import lanes_for
+from .writer import Guard, SinkLane
+
+log = logging.getLogger("fs_cdr.engine")
+
+#: FreeSWITCH's shutdown events: from then on the engine spools every record as it arrives.
+SHUTDOWN_EVENTS = ("SHUTDOWN_REQUESTED", "SHUTDOWN")
+#: The events a hangup-mode engine consumes.
+EVENTS = (HANGUP_EVENT,) + SHUTDOWN_EVENTS
+
+LaneFactory = Callable[[CdrConfig], list[SinkLane]]
+
+
+def _sink_shape(config: CdrConfig) -> tuple[Any, ...]:
+    """What, when changed by a reload, needs new sink lanes (new connections, new statements)."""
+    return (config.databases, config.redis, config.fields, config.details, config.spool_dir)
+
+
+class Engine:
+    def __init__(self, config: CdrConfig, lane_factory: LaneFactory = lanes_for) -> None:
+        self.config = config
+        self.builder = RecordBuilder(config)
+        self.lane_factory = lane_factory
+        self.lanes: Sequence[SinkLane] = lane_factory(config)
+        self.guard = Guard(lambda: self.lanes, config.durable_window_ms / 1000.0)
+        self.started_at = time.time()
+        self.events = 0
+        self.records = 0
+        self.skipped = 0
+        self.malformed = 0
+        self.reloads = 0
+        self.shutting_down = False
+        self._swap = threading.Lock()
+        self._started = False
+
+    def start(self) -> "Engine":
+        for lane in self.lanes:
+            lane.start()
+        self.guard.start()
+        self._started = True
+        log.info("started: %s", "; ".join(lane.description for lane in self.lanes) or "log only")
+        return self
+
+    # -- the source thread ---------------------------------------------------------------------
+    def handle(self, headers: Headers) -> Optional[CallRecord]:
+        """Take one event. Returns the record it produced (if any). Never raises."""
+        try:
+            self.events += 1
+            name = header(headers, "Event-Name")
+            if name == HANGUP_EVENT or name is None:
+                return self._record(headers)
+            if name in SHUTDOWN_EVENTS:
+                self.begin_shutdown(name)
+        except Exception:  # noqa: BLE001 - nothing may escape into FreeSWITCH
+            self.malformed += 1
+            log.exception("could not process an event (uuid %s)", _uuid(headers))
+        return None
+
+    def _record(self, headers: Headers) -> Optional[CallRecord]:
+        try:
+            record = self.builder.build(headers)
+        except ValueError as error:
+            self.malformed += 1
+            log.warning("skipped a malformed event: %s", error)
+            return None
+        if record is None:
+            self.skipped += 1
+            return None
+        self.records += 1
+        if self.config.log:
+            log.info("CDR %s", dumps(record))
+        now = time.monotonic()
+        with self._swap:
+            if self.shutting_down:
+                for lane in self.lanes:
+                    lane.stats.received += 1
+                    lane.spool.append([record])
+            else:
+                for lane in self.lanes:
+                    lane.offer(record, now)
+        return record
+
+    def begin_shutdown(self, reason: str) -> None:
+        """FreeSWITCH is stopping and will not say when Python dies: from now on every record is
+        fsynced to the spool as it arrives, and what the lanes hold goes there too."""
+        if self.shutting_down:
+            return
+        log.warning("%s: spooling what is queued and every record from now on", reason)
+        with self._swap:
+            self.shutting_down = True
+        for lane in self.lanes:
+            spooled = lane.guard(time.monotonic(), 0.0, everything=True)
+            if spooled:
+                log.info("sink %s: spooled %d records at shutdown", lane.name, spooled)
+
+    # -- control (fs_cli, tests) ----------------------------------------------------------------
+    def reload(self, config: CdrConfig, probe: bool = True) -> str:
+        """Switch to a new configuration. A configuration whose table lacks a configured column is
+        refused (``ConfigError``) and the running one stays; an unreachable database is not a reason
+        to refuse (its records are spooled until it is back)."""
+        if probe:
+            probe_config(config, self.lane_factory)
+        if _sink_shape(config) == _sink_shape(self.config):
+            with self._swap:
+                self.config, self.builder = config, RecordBuilder(config)
+            self.reloads += 1
+            return "configuration reloaded (same sinks)"
+        with self._swap:
+            # Old lanes finish or spool what they hold before new ones open the same spool
+            # directories; meanwhile the source waits here (FreeSWITCH's queue absorbs the pause).
+            for lane in self.lanes:
+                lane.stop(timeout_s=1.0)
+            self.lanes = self.lane_factory(config)
+            self.config, self.builder = config, RecordBuilder(config)
+            self.guard.window_s = config.durable_window_ms / 1000.0
+            for lane in self.lanes:
+                lane.start()
+        self.reloads += 1
+        return "configuration reloaded: " + ("; ".join(lane.description for lane in self.lanes) or "log only")
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every lane has written everything it received, spool included."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(lane.settled() for lane in self.lanes):
+                return True
+            time.sleep(0.005)
+        return False
+
+    def stop(self, timeout_s: float = 2.0) -> int:
+        """Write what can be written within ``timeout_s``, spool the rest; returns how many were spooled."""
+        if not self._started:
+            return 0
+        self.guard.stop()
+        spooled = sum(lane.stop(timeout_s) for lane in self.lanes)
+        self._started = False
+        log.info("stopped (%d records wait in the spool)", sum(lane.spool.pending for lane in self.lanes))
+        return spooled
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "config": self.config.source,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "events": self.events,
+            "records": self.records,
+            "skipped": self.skipped,
+            "malformed": self.malformed,
+            "reloads": self.reloads,
+            "shutting_down": self.shutting_down,
+            "sinks": [lane.status() for lane in self.lanes],
+        }
+
+
+def probe_config(config: CdrConfig, lane_factory: LaneFactory = lanes_for) -> None:
+    """Open each sink once and check its table; raises ``ConfigError`` for a missing column.
+    A sink that cannot be reached now is only logged: its records will be spooled."""
+    for lane in lane_factory(config):
+        sink = lane.open_sink()
+        try:
+            sink.open()
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            log.warning("sink %s: not reachable while checking the configuration: %s", lane.name, error)
+        finally:
+            sink.close()
+            lane.spool.close()
+
+
+def _uuid(headers: Headers) -> str:
+    try:
+        return str(header(headers, "Unique-ID"))[:64]
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The status as a table that reads well in fs_cli."""
+    lines = [
+        f"fs_cdr  config {status['config']}  up {status['uptime_s']}s  events {status['events']}  "
+        f"records {status['records']}  skipped {status['skipped']}  malformed {status['malformed']}"
+        + ("  SHUTTING DOWN" if status["shutting_down"] else ""),
+        "",
+    ]
+    columns = ("sink", "healthy", "received", "written", "queued", "spooled", "rejected", "retries", "replayed")
+    rows = [
+        [("yes" if sink[column] else "NO") if column == "healthy" else str(sink[column]) for column in columns]
+        for sink in status["sinks"]
+    ]
+    widths = [max([len(column)] + [len(row[i]) for row in rows]) for i, column in enumerate(columns)]
+    lines.append("  ".join(column.ljust(width) for column, width in zip(columns, widths)).rstrip())
+    for row in rows:
+        lines.append("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
+    for sink in status["sinks"]:
+        error = f"  last error: {sink['last_error']}" if sink["last_error"] else ""
+        lines.append(f"{sink['sink']}: {sink['target']}{error}")
+    return "\n".join(lines) + "\n"

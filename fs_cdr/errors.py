@@ -1,0 +1,38 @@
+"""The one exception tree of fs_cdr.
+
+    CdrError
+    ├── ConfigError          a cdr.json problem; names the key path (``cdr.database.table``)
+    └── SinkError            a write did not happen; wraps the driver's exception
+        ├── RetriableError   connection lost, timeout, deadlock: the same batch may succeed later
+        └── RejectedError    the sink refuses this data: retrying the same record cannot help
+
+Driver exceptions are wrapped at the sink boundary with ``raise ... from e`` so that the
+shared writer machinery decides what to do from the class alone.
+"""
+
+from __future__ import annotations
+
+
+class CdrError(Exception):
+    """Base of every error fs_cdr raises on purpose."""
+
+
+class ConfigError(CdrError):
+    """cdr.json is wrong. ``path`` is the dotted key path, e.g. ``cdr.database.dbtype``."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class SinkError(CdrError):
+    """A sink could not write a batch."""
+
+
+class RetriableError(SinkError):
+    """The sink is unreachable, slow or busy; the batch may be written later."""
+
+
+class RejectedError(SinkError):
+    """The sink refused the data itself (bad value, constraint): do not retry as is."""

@@ -1,0 +1,167 @@
+"""The ``fields`` grammar of cdr.json: which channel variables become which columns.
+
+Each entry of ``cdr.fields`` is one of::
+
+    rtp_last_audio_codec_string        column and variable share the name
+    number:billsec                     stored as a number (empty or non-numeric -> NULL)
+    jsipid:sip_h_X-jssipid             column ``jsipid`` from variable ``sip_h_X-jssipid``
+    caller:${caller_id_name}${caller_id_number}   a template of variables (and literal text)
+    number:talk:billsec                the type prefix combined with a column name
+
+Column names end up in SQL text, so they must match :data:`IDENTIFIER`; variable names never
+reach SQL (values are always bound parameters) and only need to be non-empty and printable.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Union
+
+from .errors import ConfigError
+
+#: What a table or column name may look like. Deliberately narrower than any SQL dialect allows,
+#: so that one name is valid, unquoted-safe and the same on every database fs_cdr writes to.
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+#: Channel variable names: FreeSWITCH allows almost anything; we refuse only what would make the
+#: grammar ambiguous (``:``, ``$``, braces) or invisible (whitespace, control characters).
+VARIABLE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}\Z")
+_TEMPLATE_PART = re.compile(r"\$\{([^{}]*)\}")
+
+NUMBER_PREFIX = "number"
+
+Value = Union[str, int, float, None]
+Lookup = Callable[[str], Optional[str]]
+
+
+def to_number(text: Optional[str]) -> Union[int, float, None]:
+    """A channel variable as a number for a ``number:`` column; anything unusable is ``None``.
+
+    FreeSWITCH's own modules insert ``''`` into integer columns and the row fails; an empty or
+    non-numeric value here is NULL instead, so one odd variable never costs the whole record.
+    """
+    if text is None:
+        return None
+    text = text.strip()
+    if not text or len(text) > 40:
+        return None
+    try:
+        number = int(text, 10)
+    except ValueError:
+        try:
+            real = float(text)
+        except ValueError:
+            return None
+        return real if math.isfinite(real) else None
+    # Keep integers inside a signed 64-bit column on every database.
+    return number if -(2**63) <= number < 2**63 else None
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One parsed ``fields`` entry: where a column's value comes from."""
+
+    column: str
+    #: The literal pieces and variable names, alternating: ``("", "a", "-", "b", "")`` for
+    #: ``${a}-${b}``. A plain ``column:variable`` entry is ``("", "variable", "")``.
+    parts: tuple[str, ...]
+    numeric: bool = False
+    source: str = ""
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return self.parts[1::2]
+
+    def value(self, lookup: Lookup) -> Value:
+        """Evaluate against a channel: ``lookup(name)`` returns the variable or ``None``.
+
+        A template whose variables are all unset is NULL, not the bare literal text.
+        """
+        parts = self.parts
+        if len(parts) == 3 and not parts[0] and not parts[2]:
+            text = lookup(parts[1])
+        else:
+            pieces = []
+            seen = False
+            for index, part in enumerate(parts):
+                if index % 2:
+                    found = lookup(part)
+                    if found is not None:
+                        seen = True
+                        pieces.append(found)
+                else:
+                    pieces.append(part)
+            text = "".join(pieces) if seen else None
+        if self.numeric:
+            return to_number(text)
+        return text
+
+
+def _parse_template(text: str, path: str) -> tuple[str, ...]:
+    parts: list[str] = []
+    position = 0
+    for match in _TEMPLATE_PART.finditer(text):
+        parts.append(text[position : match.start()])
+        name = match.group(1)
+        if not VARIABLE.match(name):
+            raise ConfigError(path, f"bad variable name {name!r} inside ${{}} in {text!r}")
+        parts.append(name)
+        position = match.end()
+    parts.append(text[position:])
+    if len(parts) < 3 or any(("$" in literal or "{" in literal or "}" in literal) for literal in parts[0::2]):
+        raise ConfigError(path, f"unbalanced ${{...}} in {text!r}")
+    return tuple(parts)
+
+
+def parse_field(entry: object, path: str) -> FieldSpec:
+    """Parse one ``fields`` entry; ``path`` (``cdr.fields[3]``) names it in errors."""
+    if not isinstance(entry, str):
+        raise ConfigError(path, f"expected a string, got {type(entry).__name__}")
+    text = entry.strip()
+    if not text:
+        raise ConfigError(path, "empty field")
+    numeric = False
+    if text.startswith(NUMBER_PREFIX + ":"):
+        numeric = True
+        text = text[len(NUMBER_PREFIX) + 1 :]
+    if "${" in text:
+        column, sep, template = text.partition(":")
+        if not sep or "${" in column:
+            raise ConfigError(path, f"a ${{}} template needs a column: 'column:${{var}}', got {entry!r}")
+        parts = _parse_template(template, path)
+    else:
+        column, sep, variable = text.partition(":")
+        if not sep:
+            variable = column
+        if not VARIABLE.match(variable):
+            raise ConfigError(path, f"bad channel variable name {variable!r} in {entry!r}")
+        parts = ("", variable, "")
+    if not IDENTIFIER.match(column):
+        raise ConfigError(
+            path,
+            f"column {column!r} must be letters, digits and _ (not starting with a digit, at most 63)",
+        )
+    return FieldSpec(column=column.lower(), parts=parts, numeric=numeric, source=entry)
+
+
+def parse_fields(entries: object, path: str) -> tuple[FieldSpec, ...]:
+    """Parse the whole ``fields`` list; a column named twice is an error."""
+    if not isinstance(entries, list):
+        raise ConfigError(path, f"expected a list of strings, got {type(entries).__name__}")
+    specs: list[FieldSpec] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        spec = parse_field(entry, f"{path}[{index}]")
+        if spec.column in seen:
+            raise ConfigError(
+                f"{path}[{index}]", f"column {spec.column!r} is already set by {path}[{seen[spec.column]}]"
+            )
+        seen[spec.column] = index
+        specs.append(spec)
+    return tuple(specs)
+
+
+def lookup_in(variables: Mapping[str, str]) -> Lookup:
+    """A lookup over a plain mapping of variable names (tests, imports)."""
+    return variables.get

@@ -1,0 +1,70 @@
+"""PostgreSQL through psycopg 3: ``executemany`` runs in pipeline mode, one round trip per batch.
+
+``details`` is ``json`` (not ``jsonb``): it keeps the text exactly as written, and accepts the
+``\\u0000`` escapes that a hostile caller name can produce, which ``jsonb`` refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..config import DatabaseConfig
+from ..errors import SinkError
+from .sql import Dialect, rejected_or_retriable
+
+
+class PostgreSQL(Dialect):
+    name = "postgresql"
+    types = {
+        "key": "VARCHAR(64) NOT NULL",
+        "short": "VARCHAR(64)",
+        "text": "VARCHAR(255)",
+        "long": "TEXT",
+        "int": "BIGINT",
+        "number": "DOUBLE PRECISION",
+        "json": "JSON",
+    }
+
+    def upsert(self, table: str, names: Sequence[str]) -> str:
+        columns = ", ".join(self.quote(name) for name in names)
+        values = ", ".join("%s" for _ in names)
+        updates = ", ".join(f"{self.quote(name)} = EXCLUDED.{self.quote(name)}" for name in names if name != "uuid")
+        return (
+            f"INSERT INTO {self.quote(table)} ({columns}) VALUES ({values}) "
+            f"ON CONFLICT ({self.quote('uuid')}) DO UPDATE SET {updates}"
+        )
+
+    def columns_query(self, table: str) -> tuple[str, tuple[Any, ...]]:
+        return (
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = %s",
+            (table,),
+        )
+
+    def connect(self, config: DatabaseConfig, timeout_s: float) -> Any:
+        import psycopg
+
+        timeout_ms = int(timeout_s * 1000)
+        return psycopg.connect(
+            host=config.host,
+            port=config.port,
+            dbname=config.database,
+            user=config.username or None,
+            password=config.password or None,
+            connect_timeout=max(1, int(round(timeout_s))),
+            # A server that stops answering must not hold a writer forever: the kernel gives up on
+            # unacknowledged data after tcp_user_timeout, the server cancels long statements.
+            tcp_user_timeout=timeout_ms,
+            keepalives=1,
+            keepalives_idle=max(1, int(timeout_s)),
+            keepalives_interval=1,
+            keepalives_count=3,
+            options=f"-c statement_timeout={timeout_ms}",
+            application_name="fs_cdr",
+            **dict(config.options),
+        )
+
+    def classify(self, error: BaseException) -> SinkError:
+        import psycopg
+
+        return rejected_or_retriable(error, (psycopg.DataError, psycopg.IntegrityError))

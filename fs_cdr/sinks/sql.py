@@ -1,0 +1,164 @@
+"""What every SQL sink shares: statements built from validated names, the table check, batched upserts.
+
+A dialect (one module per database) supplies only what differs: types, quoting, the upsert statement,
+how to connect, how to list a table's columns, and which driver errors are retriable. Values are
+always bound parameters; only table and column names, validated against ``fields.IDENTIFIER`` when
+the configuration was loaded, ever reach SQL text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence
+
+from ..config import DatabaseConfig
+from ..errors import ConfigError, RejectedError, RetriableError, SinkError
+from ..record import CallRecord
+from ..schema import Column
+
+log = logging.getLogger("fs_cdr.sinks.sql")
+
+
+class Dialect:
+    """The SQL one database speaks. Subclasses set the class attributes and override as needed."""
+
+    name = "sql"
+    #: DB-API placeholder for one parameter.
+    placeholder = "%s"
+    #: Column kind (see ``schema.Column``) to column type.
+    types: dict[str, str] = {}
+
+    def quote(self, identifier: str) -> str:
+        return f'"{identifier}"'
+
+    def create_table(self, table: str, columns: Sequence[Column]) -> str:
+        lines = [f"  {self.quote(column.name)} {self.types[column.kind]}" for column in columns]
+        lines.append(f"  PRIMARY KEY ({self.quote('uuid')})")
+        return f"CREATE TABLE {self.quote(table)} (\n" + ",\n".join(lines) + "\n)"
+
+    def add_column(self, table: str, column: Column) -> str:
+        return f"ALTER TABLE {self.quote(table)} ADD {self.quote(column.name)} {self.types[column.kind]}"
+
+    def upsert(self, table: str, names: Sequence[str]) -> str:
+        raise NotImplementedError
+
+    def columns_query(self, table: str) -> tuple[str, tuple[Any, ...]]:
+        """A query whose rows' first value is a column name of ``table`` (no rows: no table)."""
+        raise NotImplementedError
+
+    def connect(self, config: DatabaseConfig, timeout_s: float) -> Any:
+        raise NotImplementedError
+
+    def classify(self, error: BaseException) -> SinkError:
+        """Wrap a driver error: rejected when the data is at fault, else retriable."""
+        return RetriableError(str(error))
+
+
+class SqlSink:
+    """A SQL table as a sink: one connection, one upsert statement, ``executemany`` per batch."""
+
+    def __init__(self, dialect: Dialect, config: DatabaseConfig, columns: Sequence[Column], create: bool = True) -> None:
+        self.dialect = dialect
+        self.config = config
+        self.columns = tuple(columns)
+        self.names = tuple(column.name for column in columns)
+        self.statement = dialect.upsert(config.table, self.names)
+        self.create = create
+        self.connection: Any = None
+
+    def open(self) -> None:
+        try:
+            self.connection = self.dialect.connect(self.config, self.config.batch.timeout_s)
+        except Exception as error:
+            raise self.dialect.classify(error) from error
+        try:
+            self.check_table()
+        except Exception:
+            self.close()
+            raise
+
+    def existing_columns(self) -> set[str]:
+        sql, parameters = self.dialect.columns_query(self.config.table)
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(sql, parameters)
+            found = {str(row[0]).lower() for row in cursor.fetchall()}
+        finally:
+            cursor.close()
+        self.connection.commit()
+        return found
+
+    def check_table(self) -> None:
+        """Create the table when it is missing; refuse to start when a configured column is not there."""
+        try:
+            found = self.existing_columns()
+            if not found and self.create:
+                cursor = self.connection.cursor()
+                try:
+                    cursor.execute(self.dialect.create_table(self.config.table, self.columns))
+                finally:
+                    cursor.close()
+                self.connection.commit()
+                log.info("created table %s (%s)", self.config.table, self.config.describe())
+                found = self.existing_columns()
+        except Exception as error:
+            raise self.dialect.classify(error) from error
+        missing = [column for column in self.columns if column.name not in found]
+        if missing:
+            fixes = "; ".join(self.dialect.add_column(self.config.table, column) for column in missing)
+            raise ConfigError(
+                f"cdr.database (table {self.config.table})",
+                f"no column {', '.join(column.name for column in missing)} in the table; add it: {fixes}",
+            )
+
+    def rows(self, records: Sequence[CallRecord]) -> list[tuple[Any, ...]]:
+        names = self.names
+        return [tuple([record.get(name) for name in names]) for record in records]
+
+    def write(self, records: Sequence[CallRecord]) -> None:
+        connection = self.connection
+        if connection is None:
+            raise RetriableError("not connected")
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.executemany(self.statement, self.rows(records))
+            finally:
+                cursor.close()
+            connection.commit()
+        except Exception as error:
+            self._rollback()
+            raise self.dialect.classify(error) from error
+
+    def _rollback(self) -> None:
+        try:
+            self.connection.rollback()
+        except Exception:  # noqa: BLE001 - the connection may be gone; close() follows
+            pass
+
+    def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def rejected_or_retriable(error: BaseException, rejected: tuple[type, ...]) -> SinkError:
+    """The usual rule: data and integrity errors are the record's fault, the rest is the server's."""
+    if isinstance(error, rejected):
+        return RejectedError(str(error))
+    return RetriableError(str(error))
+
+
+def dialect_for(name: str) -> Optional[Dialect]:
+    """The dialect serving a normalized dbtype; drivers are imported only when connecting."""
+    from . import mysql, postgres, sqlite
+
+    dialects: dict[str, Dialect] = {
+        "sqlite": sqlite.SQLite(),
+        "mysql": mysql.MySQL(),
+        "postgresql": postgres.PostgreSQL(),
+    }
+    return dialects.get(name)

@@ -1,0 +1,51 @@
+"""SQLite: the embedded default. One file, no server; the table is created on first use.
+
+WAL mode with ``synchronous=FULL``: a committed batch survives a power cut, and readers (reports,
+``sqlite3`` on the command line) never block the writer.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, Sequence
+
+from ..config import DatabaseConfig
+from ..errors import SinkError
+from .sql import Dialect, rejected_or_retriable
+
+
+class SQLite(Dialect):
+    name = "sqlite"
+    placeholder = "?"
+    types = {
+        "key": "TEXT NOT NULL",
+        "short": "TEXT",
+        "text": "TEXT",
+        "long": "TEXT",
+        "int": "INTEGER",
+        "number": "REAL",
+        "json": "TEXT",
+    }
+
+    def upsert(self, table: str, names: Sequence[str]) -> str:
+        columns = ", ".join(self.quote(name) for name in names)
+        values = ", ".join("?" for _ in names)
+        updates = ", ".join(f"{self.quote(name)} = excluded.{self.quote(name)}" for name in names if name != "uuid")
+        return (
+            f"INSERT INTO {self.quote(table)} ({columns}) VALUES ({values}) "
+            f"ON CONFLICT ({self.quote('uuid')}) DO UPDATE SET {updates}"
+        )
+
+    def columns_query(self, table: str) -> tuple[str, tuple[Any, ...]]:
+        return "SELECT name FROM pragma_table_info(?)", (table,)
+
+    def connect(self, config: DatabaseConfig, timeout_s: float) -> Any:
+        os.makedirs(os.path.dirname(os.path.abspath(config.path)), exist_ok=True)
+        connection = sqlite3.connect(config.path, timeout=timeout_s, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        return connection
+
+    def classify(self, error: BaseException) -> SinkError:
+        return rejected_or_retriable(error, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError))

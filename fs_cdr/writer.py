@@ -1,0 +1,447 @@
+"""Sink writers: the shared machinery between the dispatcher and a sink.
+
+Each sink gets a :class:`SinkLane`: its writer threads (one connection each), its durable spool and
+its counters. The contract every lane keeps:
+
+- ``offer`` never blocks and never does I/O: it appends to a bounded in-memory queue, or, when the
+  queue is full or the sink is down, to an overflow list that the guard thread moves to disk.
+- A writer thread drains its queue in batches (``batch_size`` records or ``flush_interval_ms``,
+  whichever comes first) and upserts them. Errors are classified by the sink; retriable ones are
+  retried with :class:`~fs_cdr.retry.Backoff`, rejected records are set aside one by one.
+- The guard (:class:`Guard`) checks every lane a few times per ``window``: records waiting longer
+  than the durability window (sink down or slow) are appended to the spool and fsynced, and the
+  lane stays *degraded* — new records go to disk — until a replay from the spool succeeds. So a
+  record popped from FreeSWITCH is in the sink or on disk within about one window, kill -9 or not.
+- A lane replays its spool in order, one spool batch then one live batch, so a long backlog never
+  starves new calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence
+
+from .channel import dumpb
+from .config import BatchSettings, mask_secrets
+from .errors import ConfigError, RejectedError
+from .record import CallRecord
+from .retry import Backoff
+from .spool import Spool, Ticket
+
+log = logging.getLogger("fs_cdr.writer")
+
+
+class Sink(Protocol):
+    """What a sink implements (``fs_cdr/sinks``). One instance per writer thread.
+
+    ``open`` connects (and checks the table); ``write`` delivers a batch completely or raises:
+    :class:`~fs_cdr.errors.RetriableError` when the same batch may succeed later,
+    :class:`~fs_cdr.errors.RejectedError` when the data itself is refused. ``close`` never raises.
+    """
+
+    def open(self) -> None: ...
+
+    def write(self, records: Sequence[CallRecord]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class LaneStats:
+    received: int = 0
+    written: int = 0
+    rejected: int = 0
+    retries: int = 0
+    replayed: int = 0
+    last_error: str = ""
+    last_error_at: float = 0.0
+    last_write_at: float = 0.0
+
+
+@dataclass
+class _Batch:
+    records: list[CallRecord]
+    since: float
+    #: Set by the guard when it copied this batch to the spool (the sink was too slow).
+    spooled: bool = False
+    #: Set when the batch came from the spool; confirmed there once written.
+    ticket: Optional[Ticket] = None
+
+
+def _unique(records: list[CallRecord]) -> list[CallRecord]:
+    """Keep the last record per uuid: several upserts of one key in one batch are wasted work,
+    and some databases (SQL Server's MERGE) refuse them outright."""
+    if len(records) < 2:
+        return records
+    latest: dict[object, CallRecord] = {}
+    for record in records:
+        latest[record["uuid"]] = record
+    return records if len(latest) == len(records) else list(latest.values())
+
+
+class SinkWriter:
+    """One writer thread of a lane, with its own queue and its own connection."""
+
+    def __init__(self, lane: "SinkLane", index: int) -> None:
+        self.lane = lane
+        self.index = index
+        self.settings = lane.settings
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._queue: deque[tuple[float, CallRecord]] = deque()
+        self._overflow: list[CallRecord] = []
+        self._inflight: Optional[_Batch] = None
+        self._stopping = threading.Event()
+        self._sink: Optional[Sink] = None
+        self._thread = threading.Thread(target=self._run, name=f"fs_cdr-{lane.name}-{index}", daemon=True)
+
+    # -- producer side (source thread) -------------------------------------------------------
+    def offer(self, record: CallRecord, now: float) -> None:
+        with self._lock:
+            if self.lane.degraded or len(self._queue) >= self.settings.queue_size or self._stopping.is_set():
+                self._overflow.append(record)
+                return
+            self._queue.append((now, record))
+            if len(self._queue) == self.settings.batch_size:
+                self._ready.notify()
+
+    @property
+    def queued(self) -> int:
+        with self._lock:
+            inflight = self._inflight
+            held = len(inflight.records) if inflight and not inflight.spooled and inflight.ticket is None else 0
+            return len(self._queue) + len(self._overflow) + held
+
+    # -- guard side ---------------------------------------------------------------------------
+    def take_due(self, now: float, window_s: float, everything: bool = False) -> list[CallRecord]:
+        """Records that must go to disk now: the overflow, plus — when the oldest waiting record
+        is older than the window (or ``everything``) — the in-flight batch and the whole queue."""
+        with self._lock:
+            due = self._overflow
+            self._overflow = []
+            inflight = self._inflight
+            if inflight is not None and (inflight.spooled or inflight.ticket is not None):
+                inflight = None
+            oldest = inflight.since if inflight else (self._queue[0][0] if self._queue else None)
+            if oldest is not None and (everything or now - oldest > window_s):
+                waiting: list[CallRecord] = []
+                if inflight:
+                    inflight.spooled = True
+                    waiting.extend(inflight.records)
+                waiting.extend(record for _, record in self._queue)
+                self._queue.clear()
+                if not everything:
+                    self.lane.degrade(f"records waited more than {window_s * 1000:.0f} ms")
+                due = waiting + due
+            return due
+
+    # -- consumer side (writer thread) --------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def _next_batch(self) -> Optional[_Batch]:
+        settings = self.settings
+        interval = settings.flush_interval_ms / 1000.0
+        with self._lock:
+            while not self._stopping.is_set():
+                count = len(self._queue)
+                if count >= settings.batch_size:
+                    break
+                if count:
+                    age = time.monotonic() - self._queue[0][0]
+                    if age >= interval:
+                        break
+                    self._ready.wait(interval - age)
+                else:
+                    self._ready.wait(interval if self.lane.replay_due(self) else 0.25)
+                    if not self._queue:
+                        return None
+            if not self._queue:
+                return None
+            taken = [self._queue.popleft() for _ in range(min(settings.batch_size, len(self._queue)))]
+            self._inflight = _Batch([record for _, record in taken], taken[0][0])
+            return self._inflight
+
+    def _run(self) -> None:
+        lane = self.lane
+        try:
+            self._open_sink()  # connect before the first record needs it
+        except Exception as error:  # noqa: BLE001 - reported, then retried by the first batch
+            self._close_sink()
+            lane.failed(error, 1)
+        while not self._stopping.is_set():
+            try:
+                if lane.replay_due(self):
+                    self._replay_one()
+                batch = self._next_batch()
+                if batch is not None:
+                    self._deliver(batch)
+            except Exception:  # the thread must outlive any bug: log it and keep going
+                log.exception("sink %s writer %d: unexpected error", lane.name, self.index)
+                time.sleep(0.5)
+        self._close_sink()
+
+    def _replay_one(self) -> None:
+        lane = self.lane
+        if lane.failures and self._stopping.wait(lane.backoff.compute(lane.failures)):
+            return
+        ticket, records = lane.spool.take(self.settings.batch_size)
+        if ticket is None:
+            return
+        batch = _Batch(records, time.monotonic(), ticket=ticket)
+        with self._lock:
+            self._inflight = batch
+        if not records or self._deliver(batch):
+            lane.spool.confirm(ticket)
+            lane.stats.replayed += len(records)
+            lane.recover()
+
+    def _deliver(self, batch: _Batch) -> bool:
+        """Write one batch, retrying retriable errors, until written, spooled, or stopping."""
+        lane = self.lane
+        failures = 0
+        records = _unique(batch.records)
+        try:
+            while True:
+                if batch.spooled:
+                    return False  # the guard moved it to disk; the lane replays it later
+                try:
+                    sink = self._open_sink()
+                    sink.write(records)
+                except RejectedError as error:
+                    if len(records) == 1:
+                        lane.set_aside(records[0], error)
+                        return True
+                    records = self._isolate(records)
+                    if not records:
+                        return True
+                    continue
+                except Exception as error:  # RetriableError, ConfigError, and driver bugs alike
+                    self._close_sink()
+                    if batch.ticket is not None:
+                        # A replay batch stays in the spool; _replay_one backs off before the next try.
+                        lane.failed(error, lane.failures + 1)
+                        return False
+                    failures += 1
+                    lane.failed(error, failures)
+                    if self._stopping.wait(lane.backoff.compute(failures)):
+                        return False
+                    continue
+                lane.wrote(len(records))
+                return True
+        finally:
+            with self._lock:
+                self._inflight = None
+
+    def _isolate(self, records: list[CallRecord]) -> list[CallRecord]:
+        """Find the refused records of a rejected batch by writing one at a time; returns what is
+        left to retry when the sink became unreachable half-way."""
+        for position, record in enumerate(records):
+            try:
+                self._open_sink().write([record])
+                self.lane.wrote(1)
+            except RejectedError as error:
+                self.lane.set_aside(record, error)
+            except Exception:  # noqa: BLE001 - retried as a batch by the caller
+                self._close_sink()
+                return records[position:]
+        return []
+
+    def _open_sink(self) -> Sink:
+        if self._sink is None:
+            sink = self.lane.open_sink()
+            sink.open()
+            self._sink = sink
+        return self._sink
+
+    def _close_sink(self) -> None:
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection may fail any way it likes
+                pass
+
+    def drained(self) -> bool:
+        with self._lock:
+            return not self._queue and self._inflight is None and not self._overflow
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            self._ready.notify_all()
+
+    def join(self, timeout: float) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
+class SinkLane:
+    """A sink's writers, spool and counters: what ``status`` shows as one line."""
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        open_sink: Callable[[], Sink],
+        settings: BatchSettings,
+        spool_dir: str,
+        backoff: Backoff = Backoff(),
+        secrets: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.open_sink = open_sink
+        self.settings = settings
+        self.backoff = backoff
+        self.secrets = tuple(secrets)
+        self.spool = Spool(os.path.join(spool_dir, name))
+        self.stats = LaneStats()
+        self.degraded = self.spool.pending > 0
+        self.failures = 0
+        self._rejected_path = os.path.join(spool_dir, name, "rejected.jsonl")
+        self._lock = threading.Lock()
+        self.writers = [SinkWriter(self, index) for index in range(settings.workers)]
+
+    def start(self) -> None:
+        for writer in self.writers:
+            writer.start()
+
+    def offer(self, record: CallRecord, now: float) -> None:
+        self.stats.received += 1
+        writers = self.writers
+        writer = writers[0] if len(writers) == 1 else writers[hash(record["uuid"]) % len(writers)]
+        writer.offer(record, now)
+
+    def replay_due(self, writer: SinkWriter) -> bool:
+        """Only the first writer replays, so the spool is read by one thread, in order."""
+        return writer.index == 0 and self.spool.pending > 0
+
+    def degrade(self, reason: str) -> None:
+        if not self.degraded:
+            self.degraded = True
+            log.warning("sink %s: spooling to disk (%s)", self.name, reason)
+
+    def recover(self) -> None:
+        if self.degraded and self.spool.pending == 0:
+            self.degraded = False
+            log.info("sink %s: healthy again, spool replayed", self.name)
+
+    def wrote(self, count: int) -> None:
+        with self._lock:
+            self.stats.written += count
+            self.stats.last_write_at = time.time()
+            self.failures = 0
+
+    def failed(self, error: BaseException, failures: int) -> None:
+        message = mask_secrets(f"{type(error).__name__}: {error}", self.secrets)[:300]
+        with self._lock:
+            self.stats.retries += 1
+            self.failures = failures
+            first = self.stats.last_error != message
+            self.stats.last_error = message
+            self.stats.last_error_at = time.time()
+        if first or failures in (1, 10, 100) or failures % 1000 == 0:
+            level = logging.ERROR if isinstance(error, ConfigError) else logging.WARNING
+            log.log(level, "sink %s: write failed (attempt %d): %s", self.name, failures, message)
+
+    def set_aside(self, record: CallRecord, error: BaseException) -> None:
+        """A record the sink refuses: kept with its error in ``rejected.jsonl`` for the operator."""
+        message = mask_secrets(str(error), self.secrets)[:500]
+        with self._lock:
+            self.stats.rejected += 1
+            with open(self._rejected_path, "ab") as handle:
+                handle.write(dumpb({"error": message, "at": time.time(), "record": record}) + b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        log.error(
+            "sink %s: refused record %s, set aside in %s: %s",
+            self.name, record.get("uuid"), self._rejected_path, message,
+        )
+
+    @property
+    def healthy(self) -> bool:
+        return not self.degraded and self.failures == 0
+
+    def queued(self) -> int:
+        return sum(writer.queued for writer in self.writers)
+
+    def guard(self, now: float, window_s: float, everything: bool = False) -> int:
+        """Move what is due to the spool (see :meth:`SinkWriter.take_due`); returns how many."""
+        due: list[CallRecord] = []
+        for writer in self.writers:
+            due.extend(writer.take_due(now, window_s, everything))
+        if due:
+            self.spool.append(due)
+        return len(due)
+
+    def drained(self) -> bool:
+        """Nothing held in memory (it may still be in the spool)."""
+        return all(writer.drained() for writer in self.writers)
+
+    def settled(self) -> bool:
+        """Everything received is in the sink: nothing in memory, nothing in the spool."""
+        return self.drained() and self.spool.pending == 0
+
+    def stop(self, timeout_s: float) -> int:
+        """Let the writers finish what they hold for up to ``timeout_s``, then spool the rest."""
+        deadline = time.monotonic() + timeout_s
+        while not self.drained() and time.monotonic() < deadline and not self.degraded:
+            time.sleep(0.01)
+        for writer in self.writers:
+            writer.stop()
+        spooled = self.guard(time.monotonic(), 0.0, everything=True)
+        for writer in self.writers:
+            writer.join(max(0.0, deadline - time.monotonic()))
+        spooled += self.guard(time.monotonic(), 0.0, everything=True)
+        self.spool.close()
+        return spooled
+
+    def status(self) -> dict[str, object]:
+        stats = self.stats
+        return {
+            "sink": self.name,
+            "target": self.description,
+            "healthy": self.healthy,
+            "received": stats.received,
+            "written": stats.written,
+            "queued": self.queued(),
+            "spooled": self.spool.pending,
+            "rejected": stats.rejected,
+            "retries": stats.retries,
+            "replayed": stats.replayed,
+            "last_error": stats.last_error,
+        }
+
+
+class Guard:
+    """The thread that keeps the durability promise: a few times per window, whatever waited longer
+    than the window — because a sink is down, slow, or its queue is full — goes to the spool."""
+
+    def __init__(self, lanes: Callable[[], Sequence[SinkLane]], window_s: float) -> None:
+        self.lanes = lanes
+        self.window_s = window_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fs_cdr-guard", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(0.005, self.window_s / 4)):
+            now = time.monotonic()
+            for lane in self.lanes():
+                try:
+                    lane.guard(now, self.window_s)
+                except Exception:  # noqa: BLE001 - a full disk must not kill the guard
+                    log.exception("sink %s: could not spool", lane.name)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)

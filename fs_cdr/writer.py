@@ -107,7 +107,9 @@ class SinkWriter:
                 self._overflow.append(record)
                 return
             self._queue.append((now, record))
-            if len(self._queue) == self.settings.batch_size:
+            # Wake the writer when the first record arrives (it then waits flush_interval_ms for the
+            # batch to fill) and when a batch is full; not for every record in between.
+            if len(self._queue) in (1, self.settings.batch_size):
                 self._ready.notify()
 
     @property
@@ -193,13 +195,16 @@ class SinkWriter:
         ticket, records = lane.spool.take(self.settings.batch_size)
         if ticket is None:
             return
-        batch = _Batch(records, time.monotonic(), ticket=ticket)
-        with self._lock:
-            self._inflight = batch
-        if not records or self._deliver(batch):
-            lane.spool.confirm(ticket)
-            lane.stats.replayed += len(records)
-            lane.recover()
+        records = lane.not_yet_written(records)
+        if records:
+            batch = _Batch(records, time.monotonic(), ticket=ticket)
+            with self._lock:
+                self._inflight = batch
+            if not self._deliver(batch):
+                return
+        lane.spool.confirm(ticket)
+        lane.stats.replayed += len(records)
+        lane.recover()
 
     def _deliver(self, batch: _Batch) -> bool:
         """Write one batch, retrying retriable errors, until written, spooled, or stopping."""
@@ -233,6 +238,8 @@ class SinkWriter:
                         return False
                     continue
                 lane.wrote(len(records))
+                if batch.spooled:
+                    lane.written_after_spooling(records)
                 return True
         finally:
             with self._lock:
@@ -306,6 +313,7 @@ class SinkLane:
         self.failures = 0
         self._rejected_path = os.path.join(spool_dir, name, "rejected.jsonl")
         self._lock = threading.Lock()
+        self._already_written: dict[object, int] = {}
         self.writers = [SinkWriter(self, index) for index in range(settings.workers)]
 
     def start(self) -> None:
@@ -317,6 +325,31 @@ class SinkLane:
         writers = self.writers
         writer = writers[0] if len(writers) == 1 else writers[hash(record["uuid"]) % len(writers)]
         writer.offer(record, now)
+
+    def written_after_spooling(self, records: Sequence[CallRecord]) -> None:
+        """A slow write finished after the guard had copied its batch to the spool: remember it,
+        so the replay does not send those records a second time (in this process's lifetime)."""
+        with self._lock:
+            for record in records:
+                key = record["uuid"]
+                self._already_written[key] = self._already_written.get(key, 0) + 1
+
+    def not_yet_written(self, records: list[CallRecord]) -> list[CallRecord]:
+        if not self._already_written:
+            return records
+        kept = []
+        with self._lock:
+            for record in records:
+                key = record["uuid"]
+                count = self._already_written.get(key, 0)
+                if count:
+                    if count == 1:
+                        del self._already_written[key]
+                    else:
+                        self._already_written[key] = count - 1
+                else:
+                    kept.append(record)
+        return kept
 
     def replay_due(self, writer: SinkWriter) -> bool:
         """Only the first writer replays, so the spool is read by one thread, in order."""

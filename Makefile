@@ -1,0 +1,36 @@
+# fs_cdr — the two commands of the README are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+FS_PREFIX ?= /usr/local/freeswitch
+
+.PHONY: demo test schema check bench install-freeswitch clean
+
+$(VENV)/.installed-%: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$*]"
+	touch $@
+
+## The main job on the embedded default: recorded FreeSWITCH events -> the real engine -> SQLite.
+demo: $(VENV)/.installed-fast
+	$(VENV)/bin/fs-cdr -c cdr.json play tests/events/*.jsonl
+
+## The test suite against real MariaDB, PostgreSQL, Redis and SQLite (started here if they are down).
+test: $(VENV)/.installed-test
+	tools/services.sh
+	$(PY) -m pytest -q
+
+## CREATE TABLE for the configured table and fields (DBTYPE=mysql|pgsql|sqlite to choose).
+schema: $(VENV)/.installed-fast
+	$(VENV)/bin/fs-cdr -c cdr.json schema $(if $(DBTYPE),--dbtype $(DBTYPE))
+
+check: $(VENV)/.installed-all
+	$(VENV)/bin/fs-cdr -c cdr.json check
+
+## Put fs_cdr where FreeSWITCH's mod_python3 (Debian's /usr/bin/python3) imports it from.
+install-freeswitch:
+	tools/install-freeswitch.sh $(FS_PREFIX)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache *.egg-info

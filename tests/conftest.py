@@ -1,0 +1,135 @@
+"""Shared fixtures: real MariaDB, PostgreSQL, Redis and SQLite, and the recorded FreeSWITCH events.
+
+Every test that writes gets a table (or Redis key) of its own, dropped afterwards, so tests can run
+against the machine's shared servers without seeing each other's rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import os
+import uuid as uuidlib
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from fs_cdr.channel import decode_event
+from fs_cdr.config import CdrConfig, Paths, parse_config
+from fs_cdr.engine import Engine
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EVENTS_DIR = os.path.join(HERE, "events")
+MARIADB = {"host": os.environ.get("FS_CDR_TEST_MYSQL_HOST", "127.0.0.1"), "port": 3306, "database": "test"}
+POSTGRES = {"host": os.environ.get("FS_CDR_TEST_PG_HOST", "127.0.0.1"), "port": 5432, "database": "test"}
+REDIS = {"host": "127.0.0.1", "port": 6379}
+
+SEED_FIELDS = [
+    "rtp_last_audio_codec_string",
+    "number:billsec",
+    "number:duration",
+    "record_filename",
+    "jsipid:sip_h_X-jssipid",
+]
+
+
+def scenario_events(name: str) -> list[dict[str, Any]]:
+    with open(os.path.join(EVENTS_DIR, f"{name}.jsonl"), "rb") as handle:
+        return [decode_event(line) for line in handle if line.strip()]
+
+
+def hangups(name: str) -> list[dict[str, Any]]:
+    return [event for event in scenario_events(name) if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
+
+
+SCENARIOS = sorted(os.path.basename(path)[: -len(".jsonl")] for path in glob.glob(os.path.join(EVENTS_DIR, "*.jsonl")))
+
+
+@pytest.fixture
+def table_name() -> str:
+    return "cdr_t_" + uuidlib.uuid4().hex[:12]
+
+
+def database_entry(kind: str, table: str, tmp_path: Any) -> dict[str, Any]:
+    if kind == "sqlite":
+        return {"dbtype": "sqlite", "connectionstring": str(tmp_path / "cdr.sqlite"), "table": table}
+    if kind == "mysql":
+        return {
+            "dbtype": "mysql",
+            "connectionstring": f"{MARIADB['host']},{MARIADB['port']}@{MARIADB['database']}",
+            "username": "root",
+            "password": "",
+            "table": table,
+        }
+    if kind == "postgresql":
+        return {
+            "dbtype": "pgsql",
+            "connectionstring": f"postgresql://postgres@{POSTGRES['host']}:{POSTGRES['port']}/{POSTGRES['database']}",
+            "table": table,
+        }
+    raise ValueError(kind)
+
+
+def connect(kind: str, tmp_path: Any) -> Any:
+    """A plain DB-API connection to read back what fs_cdr wrote."""
+    if kind == "sqlite":
+        import sqlite3
+
+        return sqlite3.connect(str(tmp_path / "cdr.sqlite"))
+    if kind == "mysql":
+        import MySQLdb
+
+        return MySQLdb.connect(host=MARIADB["host"], port=MARIADB["port"], user="root", db="test", charset="utf8mb4")
+    import psycopg
+
+    return psycopg.connect(host=POSTGRES["host"], port=POSTGRES["port"], dbname="test", user="postgres", autocommit=True)
+
+
+def drop_table(kind: str, tmp_path: Any, table: str) -> None:
+    if kind == "sqlite":
+        return
+    connection = connect(kind, tmp_path)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def make_config(document: dict[str, Any], tmp_path: Any) -> CdrConfig:
+    document = copy.deepcopy(document)
+    document["cdr"].setdefault("spool_dir", str(tmp_path / "spool"))
+    return parse_config(document, Paths(conf_dir=str(tmp_path), db_dir=str(tmp_path), storage_dir=str(tmp_path)))
+
+
+@pytest.fixture
+def engines() -> Iterator[Callable[[CdrConfig], Engine]]:
+    """Start engines; every one is stopped at the end of the test."""
+    started: list[Engine] = []
+
+    def start(config: CdrConfig) -> Engine:
+        engine = Engine(config).start()
+        started.append(engine)
+        return engine
+
+    yield start
+    for engine in started:
+        engine.stop(timeout_s=2.0)
+
+
+@pytest.fixture(params=["sqlite", "mysql", "postgresql"])
+def sql_kind(request: Any, table_name: str, tmp_path: Any) -> Iterator[str]:
+    yield request.param
+    drop_table(request.param, tmp_path, table_name)
+
+
+def rows(kind: str, tmp_path: Any, table: str, columns: str = "*") -> list[dict[str, Any]]:
+    connection = connect(kind, tmp_path)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"SELECT {columns} FROM {table}")
+        names = [description[0] for description in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+    finally:
+        connection.close()

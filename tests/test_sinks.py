@@ -1,0 +1,184 @@
+"""Recorded FreeSWITCH events through the real engine into real SQLite, MariaDB, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from conftest import SCENARIOS, SEED_FIELDS, connect, database_entry, hangups, make_config, rows, scenario_events
+from fs_cdr.engine import Engine, probe_config
+from fs_cdr.errors import ConfigError
+from fs_cdr.source import play
+from fs_cdr.sinks.redis import payload
+
+EXPECTED_ROWS = {
+    "a_single_null": 1,
+    "b_bridge_null": 2,
+    "b_bridge_to_loopback": 4,
+    "c_bridge_noanswer": 3,
+    "c_busy_loopback": 2,
+    "c_noanswer_null": 1,
+}
+
+
+def feed(engine: Engine, scenarios) -> None:
+    for scenario in scenarios:
+        for event in scenario_events(scenario):
+            engine.handle(event)
+    assert engine.flush(20), engine.status()
+
+
+def test_every_recorded_scenario_gives_one_row_per_leg(sql_kind, table_name, tmp_path, engines) -> None:
+    config = make_config({"cdr": {"database": database_entry(sql_kind, table_name, tmp_path)}}, tmp_path)
+    engine = engines(config)
+    for scenario in SCENARIOS:
+        before = len(rows(sql_kind, tmp_path, table_name, "uuid")) if scenario != SCENARIOS[0] else 0
+        feed(engine, [scenario])
+        after = len(rows(sql_kind, tmp_path, table_name, "uuid"))
+        assert after - before == EXPECTED_ROWS[scenario], scenario
+    found = {row["uuid"]: row for row in rows(sql_kind, tmp_path, table_name)}
+    a, b = found["0c9f051d-1620-4ce1-9fcf-241ca4a161e8"], found["30f4df84-36a1-4a07-83b1-8bb47b9b481f"]
+    assert (a["leg"], b["leg"], b["originator"], a["bridge_uuid"], b["bridge_uuid"]) == (
+        "a", "b", a["uuid"], b["uuid"], a["uuid"])
+    assert a["originator"] is None
+    assert (a["billsec"], a["duration"], a["answer_epoch"]) == (3, 3, 1795746290)
+    assert isinstance(a["billsec"], int) and isinstance(a["end_epoch"], int)
+    unanswered = found["2a35fbcc-e508-4a8f-bd49-70a163df798e"]
+    assert (unanswered["billsec"], unanswered["answer_epoch"], unanswered["hangup_cause"]) == (0, None, "NO_ANSWER")
+    status = engine.status()["sinks"][0]
+    assert status["received"] == status["written"] == 13 and status["healthy"]
+
+
+def test_writing_the_same_calls_again_leaves_one_row_per_leg(sql_kind, table_name, tmp_path, engines) -> None:
+    config = make_config({"cdr": {"database": database_entry(sql_kind, table_name, tmp_path)}}, tmp_path)
+    engine = engines(config)
+    feed(engine, SCENARIOS)
+    feed(engine, SCENARIOS)
+    assert len(rows(sql_kind, tmp_path, table_name, "uuid")) == 13
+    assert engine.status()["sinks"][0]["written"] == 26
+
+
+def test_fields_and_details_round_trip(sql_kind, table_name, tmp_path, engines) -> None:
+    fields = SEED_FIELDS + ["queue_name", "caller:${caller_id_name}|${caller_id_number}", "number:q:queue_size"]
+    config = make_config(
+        {"cdr": {"details": True, "fields": fields, "database": database_entry(sql_kind, table_name, tmp_path)}},
+        tmp_path,
+    )
+    engine = engines(config)
+    event = dict(
+        hangups("b_bridge_null")[1],
+        variable_rtp_last_audio_codec_string="PCMA@8000h@20i",
+        variable_queue_name="support",
+        variable_caller_id_name="Zoë 张",
+        variable_caller_id_number="1001",
+        variable_queue_size="",
+        **{"variable_sip_h_X-jssipid": "js-1"},
+    )
+    engine.handle(event)
+    assert engine.flush(10)
+    (row,) = rows(sql_kind, tmp_path, table_name)
+    assert row["rtp_last_audio_codec_string"] == "PCMA@8000h@20i"
+    assert row["jsipid"] == "js-1" and row["queue_name"] == "support"
+    assert row["caller"] == "Zoë 张|1001"
+    assert row["q"] is None  # empty number: NULL, never a failed insert
+    assert row["record_filename"] is None
+    details = row["details"] if isinstance(row["details"], dict) else json.loads(row["details"])
+    expected = {key[len("variable_"):]: value for key, value in event.items() if key.startswith("variable_")}
+    assert details == expected
+
+
+def test_a_configured_field_without_a_column_is_an_error_naming_it(sql_kind, table_name, tmp_path) -> None:
+    entry = database_entry(sql_kind, table_name, tmp_path)
+    probe_config(make_config({"cdr": {"database": entry}}, tmp_path))  # creates the table
+    with pytest.raises(ConfigError) as caught:
+        probe_config(make_config({"cdr": {"database": entry, "fields": ["queue_name"]}}, tmp_path))
+    assert "queue_name" in str(caught.value) and "ADD" in str(caught.value)
+
+
+def test_schema_ddl_creates_a_table_the_engine_accepts(sql_kind, table_name, tmp_path) -> None:
+    from fs_cdr.schema import table_columns
+    from fs_cdr.sinks.sql import dialect_for
+
+    config = make_config({"cdr": {"details": True, "fields": ["queue_name", "number:score"],
+                                  "database": database_entry(sql_kind, table_name, tmp_path)}}, tmp_path)
+    dialect = dialect_for(config.databases[0].dbtype)
+    connection = connect(sql_kind, tmp_path)
+    cursor = connection.cursor()
+    cursor.execute(dialect.create_table(table_name, table_columns(config)))
+    connection.commit()
+    connection.close()
+    probe_config(config)
+
+
+# -- Redis --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def redis_client():
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    yield client
+    client.close()
+
+
+def test_redis_list_and_channel_carry_one_json_document_per_record(redis_client, tmp_path, engines, table_name) -> None:
+    key = f"fs_cdr_test:{table_name}"
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(key)
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    received: list[dict] = []
+
+    def listen() -> None:
+        deadline = time.time() + 10
+        while len(received) < 13 and time.time() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+            if message and message["type"] == "message":
+                received.append(json.loads(message["data"]))
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    try:
+        config = make_config({"cdr": {"details": True, "fields": ["number:billsec"],
+                                      "redis": {"list": key, "channel": key}}}, tmp_path)
+        engine = engines(config)
+        feed(engine, SCENARIOS)
+        listener.join(15)
+        listed = [json.loads(item) for item in redis_client.lrange(key, 0, -1)]
+    finally:
+        redis_client.delete(key)
+        pubsub.close()
+    assert len(listed) == 13 and len(received) == 13
+    assert {record["uuid"] for record in listed} == {record["uuid"] for record in received}
+    first_hangup = hangups(SCENARIOS[0])[0]["Unique-ID"]
+    assert listed[-1]["uuid"] == first_hangup  # LPUSH: the oldest record is at the tail, for BRPOP
+    record = next(item for item in received if item["uuid"] == "30f4df84-36a1-4a07-83b1-8bb47b9b481f")
+    assert record["leg"] == "b" and record["originator"] == "0c9f051d-1620-4ce1-9fcf-241ca4a161e8"
+    assert record["billsec"] == 3 and isinstance(record["details"], dict)
+    assert record["details"]["originator"] == record["originator"]
+
+
+def test_redis_payload_keeps_details_exact() -> None:
+    details = json.dumps({"caller": "\"quoted\" \\ 名前 \u202e", "n": "1"}, ensure_ascii=False)
+    document = json.loads(payload({"uuid": "u1", "billsec": 0, "details": details}))
+    assert document == {"uuid": "u1", "billsec": 0, "details": json.loads(details)}
+
+
+def test_several_sinks_at_once_get_every_record(tmp_path, engines, table_name, redis_client) -> None:
+    key = f"fs_cdr_test:{table_name}"
+    config = make_config({"cdr": {"database": [database_entry("sqlite", table_name, tmp_path),
+                                               dict(database_entry("postgresql", table_name, tmp_path), name="pg")],
+                                  "redis": {"list": key}}}, tmp_path)
+    try:
+        engine = engines(config)
+        feed(engine, SCENARIOS)
+        assert len(rows("sqlite", tmp_path, table_name)) == 13
+        assert len(rows("postgresql", tmp_path, table_name)) == 13
+        assert redis_client.llen(key) == 13
+    finally:
+        redis_client.delete(key)
+        from conftest import drop_table
+
+        drop_table("postgresql", tmp_path, table_name)

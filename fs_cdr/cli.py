@@ -115,6 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="fs-cdr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="path of cdr.json")
     commands = parser.add_subparsers(dest="command", required=True)
     play_parser = commands.add_parser("play", help="feed recorded FreeSWITCH events through the engine")
     play_parser.add_argument("events", nargs="+", help=".jsonl files, one FreeSWITCH event per line")
@@ -126,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_parser = commands.add_parser("check", help="validate cdr.json and connect to every sink")
     check_parser.set_defaults(run=cmd_check)
     for sub in (play_parser, schema_parser, check_parser):
-        sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="path of cdr.json")
+        sub.add_argument("-c", "--config", default=argparse.SUPPRESS, help="path of cdr.json")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -1,0 +1,52 @@
+"""The fs-cdr command: the demo path, schema, check, and exit codes."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sqlite3
+
+from conftest import EVENTS_DIR, database_entry, drop_table
+from fs_cdr.cli import main
+
+
+def write_config(tmp_path, cdr) -> str:
+    path = tmp_path / "cdr.json"
+    path.write_text(json.dumps({"cdr": cdr}))
+    return str(path)
+
+
+def test_play_writes_every_leg_to_the_default_sqlite_and_shows_them(tmp_path, capsys) -> None:
+    path = write_config(tmp_path, {"details": True, "database": {"dbtype": "sqlite", "connectionstring": ""}})
+    assert main(["-c", path, "play", *sorted(glob.glob(os.path.join(EVENTS_DIR, "*.jsonl")))]) == 0
+    out = capsys.readouterr().out
+    assert "13 rows" in out and "NO_ANSWER" in out
+    database = tmp_path / "var" / "fs_cdr.sqlite"
+    assert sqlite3.connect(str(database)).execute("select count(*) from cdr").fetchone() == (13,)
+
+
+def test_schema_prints_create_table_with_configured_fields(tmp_path, capsys) -> None:
+    path = write_config(tmp_path, {"fields": ["queue_name", "number:mos"], "log": True})
+    assert main(["schema", "-c", path, "--dbtype", "mysql"]) == 0
+    out = capsys.readouterr().out
+    assert "CREATE TABLE `cdr`" in out and "`queue_name` LONGTEXT" in out and "`mos` DOUBLE" in out
+    assert "utf8mb4" in out
+
+
+def test_check_reports_each_sink_and_fails_on_an_unreachable_one(tmp_path, capsys, table_name) -> None:
+    good = database_entry("mysql", table_name, tmp_path)
+    bad = {"dbtype": "pgsql", "connectionstring": "127.0.0.1,1@test", "name": "nowhere"}
+    try:
+        path = write_config(tmp_path, {"database": [good, bad]})
+        assert main(["check", "-c", path]) == 1
+        out = capsys.readouterr().out
+        assert "OK    mysql" in out and "FAIL  nowhere" in out
+    finally:
+        drop_table("mysql", tmp_path, table_name)
+
+
+def test_a_bad_configuration_exits_2_naming_the_key(tmp_path, capsys) -> None:
+    path = write_config(tmp_path, {"database": {"dbtype": "mysql", "connectionstring": "x@y", "tabel": "t"}})
+    assert main(["check", "-c", path]) == 2
+    assert "cdr.database.tabel" in capsys.readouterr().err

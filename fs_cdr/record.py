@@ -42,6 +42,17 @@ def _epoch(headers: Headers, name: str, microseconds_header: str) -> Optional[in
     return seconds if isinstance(seconds, int) else _seconds(headers, microseconds_header)
 
 
+def _account(headers: Headers, b_leg: bool) -> Optional[str]:
+    """The extension or line a leg belongs to: ``account`` when the dialplan set it, else the gateway
+    a b-leg went out through, else the dialled user (b-leg) or the authenticated user (a-leg).
+    FreeSWITCH copies ``dialed_user`` onto the caller's channel too, hence the order by leg."""
+    found = variable(headers, "account") or variable(headers, "sip_gateway_name")
+    if found:
+        return found
+    first, second = ("dialed_user", "user_name") if b_leg else ("user_name", "dialed_user")
+    return variable(headers, first) or variable(headers, second)
+
+
 def leg_of(headers: Headers) -> str:
     """'b' when the channel has an originator (FreeSWITCH's own rule since FS-8044), else 'a'."""
     if variable(headers, "originator") or header(headers, "Other-Type") == "originator":
@@ -104,10 +115,7 @@ class RecordBuilder:
             "leg": "b" if originator else "a",
             "call_uuid": header(headers, "Channel-Call-UUID") or variable(headers, "call_uuid"),
             "direction": variable(headers, "direction") or header(headers, "Call-Direction"),
-            "account": variable(headers, "account")
-            or variable(headers, "sip_gateway_name")
-            or variable(headers, "dialed_user")
-            or variable(headers, "user_name"),
+            "account": _account(headers, bool(originator)),
             "caller_id_name": header(headers, "Caller-Caller-ID-Name") or variable(headers, "caller_id_name"),
             "caller_id_number": header(headers, "Caller-Caller-ID-Number")
             or variable(headers, "caller_id_number"),

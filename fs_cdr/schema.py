@@ -29,7 +29,7 @@ STANDARD_COLUMNS: tuple[Column, ...] = (
     Column("leg", "short", "'b' when the channel has an originator (variable_originator), else 'a'"),
     Column("call_uuid", "short", "Channel-Call-UUID: shared by the legs of one call"),
     Column("direction", "short", "variable_direction (inbound: the caller called FreeSWITCH)"),
-    Column("account", "text", "variable_account, else sip_gateway_name, else dialed_user, else user_name"),
+    Column("account", "text", "variable_account, else sip_gateway_name, else dialed_user (b-leg) / user_name (a-leg)"),
     Column("caller_id_name", "text", "Caller-Caller-ID-Name"),
     Column("caller_id_number", "text", "Caller-Caller-ID-Number"),
     Column("callee_id_number", "text", "Caller-Callee-ID-Number"),

@@ -1,0 +1,181 @@
+"""A real FreeSWITCH for tests: a private configuration built from the installed one plus this
+repository's files, started with -conf/-log/-db/-run/-scripts so nothing of the installed instance
+is touched, and fs_cdr loaded from the working tree.
+
+Needs FreeSWITCH built with mod_python3 (Debian's /usr/bin/python3) under ``FS_PREFIX``
+(default /usr/local/freeswitch). Every listener stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+FS_PREFIX = Path(os.environ.get("FS_PREFIX", "/usr/local/freeswitch"))
+FS_BIN = FS_PREFIX / "bin" / "freeswitch"
+FS_CLI = FS_PREFIX / "bin" / "fs_cli"
+MOD_PYTHON = FS_PREFIX / "mod" / "mod_python3.so"
+SYSTEM_PYTHON = os.environ.get("FS_PYTHON", "/usr/bin/python3")
+#: Drivers for the Python mod_python3 embeds, installed once from pyproject.toml's pins.
+DRIVERS = REPO / ".fs-site"
+HERE = Path(__file__).resolve().parent / "freeswitch"
+PASSWORD = "fsLocal-7391"
+
+
+def missing_reason() -> Optional[str]:
+    """Why the live tests cannot run here, or None."""
+    if not FS_BIN.exists():
+        return f"no FreeSWITCH at {FS_BIN} (build it with mod_python3 under {FS_PREFIX}, or set FS_PREFIX)"
+    if not MOD_PYTHON.exists():
+        return f"FreeSWITCH at {FS_PREFIX} has no mod_python3"
+    if not Path(SYSTEM_PYTHON).exists():
+        return f"no {SYSTEM_PYTHON} for mod_python3's drivers"
+    return None
+
+
+def ensure_drivers() -> Path:
+    """pip-install fs_cdr's pinned drivers for /usr/bin/python3 into .fs-site (once per pyproject)."""
+    stamp = DRIVERS / ".pyproject"
+    wanted = (REPO / "pyproject.toml").read_text()
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        shutil.rmtree(DRIVERS, ignore_errors=True)
+        subprocess.run(
+            [SYSTEM_PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", str(DRIVERS),
+             f"{REPO}[fast,mysql,postgresql,redis]"],
+            check=True,
+        )
+        # fs_cdr itself comes from the working tree, not from this copy.
+        shutil.rmtree(DRIVERS / "fs_cdr", ignore_errors=True)
+        stamp.write_text(wanted)
+    return DRIVERS
+
+
+class LiveSwitch:
+    """One FreeSWITCH process with a configuration of its own under ``root``."""
+
+    def __init__(self, root: Path, cdr: dict[str, Any]) -> None:
+        self.root = root
+        self.conf = root / "conf"
+        self.log_dir = root / "log"
+        self.scripts = root / "scripts"
+        self.cdr_path = root / "cdr.json"
+        self.process: Optional[subprocess.Popen] = None
+        self.write_cdr(cdr)
+
+    # -- configuration ---------------------------------------------------------------------------
+    def write_cdr(self, cdr: dict[str, Any]) -> None:
+        self.cdr_path.write_text(json.dumps({"cdr": cdr}, indent=2))
+
+    def prepare(self) -> None:
+        shutil.copytree(FS_PREFIX / "conf", self.conf, symlinks=True)
+        for name in ("log", "db", "run", "storage", "recordings", "temp", "cache"):
+            (self.root / name).mkdir(exist_ok=True)
+        # scripts: the pinned drivers, and fs_cdr from the working tree
+        self.scripts.mkdir()
+        for entry in ensure_drivers().iterdir():
+            if entry.name not in ("bin", "__pycache__") and not entry.name.startswith("."):
+                (self.scripts / entry.name).symlink_to(entry)
+        (self.scripts / "fs_cdr").symlink_to(REPO / "fs_cdr")
+        # fs_cdr starts with FreeSWITCH, from the repository's python.conf.xml
+        python_conf = (REPO / "freeswitch/autoload_configs/python.conf.xml").read_text()
+        python_conf = python_conf.replace('value="fs_cdr"', f'value="fs_cdr {self.cdr_path}"')
+        (self.conf / "autoload_configs/python.conf.xml").write_text(python_conf)
+        # the repository's dialplan examples, and the test-only far end, users and gateway
+        # The examples go first in the default context, before the vanilla extensions (which claim
+        # many numbers), as the README tells operators to include them.
+        examples = self.conf / "dialplan/fs_cdr.xml"
+        shutil.copy(REPO / "freeswitch/dialplan/default/fs_cdr.xml", examples)
+        default = (self.conf / "dialplan/default.xml").read_text()
+        default = default.replace('<context name="default">',
+                                  f'<context name="default">\n    <X-PRE-PROCESS cmd="include" data="{examples}"/>', 1)
+        (self.conf / "dialplan/default.xml").write_text(default)
+        shutil.copy(HERE / "public_fs_cdr_far_end.xml", self.conf / "dialplan/public/00_fs_cdr_far_end.xml")
+        shutil.copy(HERE / "directory_fs_cdr_users.xml", self.conf / "directory/default/fs_cdr_users.xml")
+        (self.conf / "sip_profiles/internal").mkdir(exist_ok=True)
+        shutil.copy(HERE / "gateway_fs_cdr_carrier.xml", self.conf / "sip_profiles/internal/fs_cdr_carrier.xml")
+        internal = (self.conf / "sip_profiles/internal.xml").read_text()
+        internal = re.sub(r"<gateways>\s*</gateways>",
+                          # the preprocessor only sees X-PRE-PROCESS at the start of a line
+                          f'<gateways>\n    <X-PRE-PROCESS cmd="include" data="{self.conf}/sip_profiles/internal/*.xml"/>\n  </gateways>',
+                          internal)
+        (self.conf / "sip_profiles/internal.xml").write_text(internal)
+        variables = (self.conf / "vars.xml").read_text()
+        variables = variables.replace('data="domain=$${local_ip_v4}"', 'data="domain=127.0.0.1"')
+        (self.conf / "vars.xml").write_text(variables)
+        # FreeSWITCH's own CDR modules are not what is under test here (the benchmark compares them)
+        modules = (self.conf / "autoload_configs/modules.conf.xml").read_text()
+        for module in ("mod_cdr_csv", "mod_cdr_sqlite", "mod_json_cdr", "mod_xml_cdr"):
+            modules = modules.replace(f'<load module="{module}"/>', f"<!-- {module} off for tests -->")
+        (self.conf / "autoload_configs/modules.conf.xml").write_text(modules)
+
+    # -- process -----------------------------------------------------------------------------------
+    def start(self, timeout_s: float = 60.0) -> None:
+        args = [str(FS_BIN), "-nc", "-nf", "-nonat", "-nonatmap",
+                "-conf", str(self.conf), "-log", str(self.log_dir), "-db", str(self.root / "db"),
+                "-run", str(self.root / "run"), "-scripts", str(self.scripts), "-storage", str(self.root / "storage"),
+                "-recordings", str(self.root / "recordings"), "-temp", str(self.root / "temp"),
+                "-cache", str(self.root / "cache")]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        cwd=str(self.root), start_new_session=True)
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"FreeSWITCH exited with {self.process.returncode}; see {self.log_dir}")
+            if "is ready" in self.api("status", timeout_s=3):
+                return
+            time.sleep(0.3)
+        raise RuntimeError("FreeSWITCH did not become ready")
+
+    def api(self, command: str, timeout_s: float = 30.0) -> str:
+        """An API command through the event socket, as ``fs_cli -x`` runs it."""
+        try:
+            result = subprocess.run([str(FS_CLI), "-H", "127.0.0.1", "-P", "8021", "-p", "ClueCon", "-x", command],
+                                    capture_output=True, text=True, timeout=timeout_s, errors="replace")
+        except subprocess.TimeoutExpired:
+            return ""
+        return result.stdout
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """``fsctl shutdown``, as an operator stops FreeSWITCH; then wait for the process to end."""
+        if self.process is None:
+            return
+        self.api("fsctl shutdown", timeout_s=5)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+    def log_text(self) -> str:
+        path = self.log_dir / "freeswitch.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_until(self, condition, timeout_s: float = 20.0, step_s: float = 0.2) -> bool:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if condition():
+                return True
+            time.sleep(step_s)
+        return False
+
+    def phone(self, destination: str, talk_ms: int = 2000, caller: str = "1100", extra: str = "") -> str:
+        """Extension ``caller`` calls ``destination`` over SIP (external profile -> internal profile,
+        authenticated like a phone). The phone's own leg is left out of the CDRs with fs_cdr_skip."""
+        variables = (f"fs_cdr_skip=true,sip_auth_username={caller},sip_auth_password={PASSWORD},"
+                     f"origination_caller_id_number={caller},origination_caller_id_name=Phone{caller},"
+                     f"originate_timeout=15{',' + extra if extra else ''}")
+        return self.api(f"originate {{{variables}}}sofia/external/{destination}@127.0.0.1:5060 &sleep({talk_ms})")

@@ -94,8 +94,14 @@ class LiveSwitch:
         examples = self.conf / "dialplan/fs_cdr.xml"
         shutil.copy(REPO / "freeswitch/dialplan/default/fs_cdr.xml", examples)
         default = (self.conf / "dialplan/default.xml").read_text()
-        default = default.replace('<context name="default">',
-                                  f'<context name="default">\n    <X-PRE-PROCESS cmd="include" data="{examples}"/>', 1)
+        load = self.conf / "dialplan/fs_cdr_load.xml"
+        shutil.copy(HERE / "default_fs_cdr_load.xml", load)
+        default = default.replace(
+            '<context name="default">',
+            f'<context name="default">\n    <X-PRE-PROCESS cmd="include" data="{examples}"/>'
+            f'\n    <X-PRE-PROCESS cmd="include" data="{load}"/>',
+            1,
+        )
         (self.conf / "dialplan/default.xml").write_text(default)
         shutil.copy(HERE / "public_fs_cdr_far_end.xml", self.conf / "dialplan/public/00_fs_cdr_far_end.xml")
         shutil.copy(HERE / "directory_fs_cdr_users.xml", self.conf / "directory/default/fs_cdr_users.xml")
@@ -172,10 +178,10 @@ class LiveSwitch:
             time.sleep(step_s)
         return False
 
-    def phone(self, destination: str, talk_ms: int = 2000, caller: str = "1100", extra: str = "") -> str:
+    def phone(self, destination: str, talk_ms: int = 2000, caller: str = "1100", name: str = "", extra: str = "") -> str:
         """Extension ``caller`` calls ``destination`` over SIP (external profile -> internal profile,
         authenticated like a phone). The phone's own leg is left out of the CDRs with fs_cdr_skip."""
         variables = (f"fs_cdr_skip=true,sip_auth_username={caller},sip_auth_password={PASSWORD},"
-                     f"origination_caller_id_number={caller},origination_caller_id_name=Phone{caller},"
+                     f"origination_caller_id_number={caller},origination_caller_id_name={name or 'Phone' + caller},"
                      f"originate_timeout=15{',' + extra if extra else ''}")
         return self.api(f"originate {{{variables}}}sofia/external/{destination}@127.0.0.1:5060 &sleep({talk_ms})")

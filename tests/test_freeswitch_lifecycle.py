@@ -1,0 +1,107 @@
+"""A real FreeSWITCH stopping with records in flight, killed with -9, and under a burst of calls."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from fs_cdr.esl import EventSocket
+from live_switch import LiveSwitch, missing_reason
+
+pytestmark = [pytest.mark.freeswitch, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
+
+
+def count(path, where: str = "1=1") -> int:
+    try:
+        connection = sqlite3.connect(str(path))
+        try:
+            return connection.execute(f"SELECT count(*) FROM cdr WHERE {where}").fetchone()[0]
+        finally:
+            connection.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_fsctl_shutdown_with_records_queued_loses_none(tmp_path) -> None:
+    database = tmp_path / "cdr.sqlite"
+    # A sink that holds records in memory for a minute: whatever is queued at shutdown must be spooled.
+    holding = {"database": {"dbtype": "sqlite", "connectionstring": str(database), "batch_size": 100000,
+                            "flush_interval_ms": 60000},
+               "durable_window_ms": 600000, "spool_dir": str(tmp_path / "spool")}
+    live = LiveSwitch(tmp_path, holding)
+    live.prepare()
+    live.start()
+    try:
+        for _ in range(20):
+            assert live.api("originate {queue_name=shutdown}null/sd 4298 XML default").startswith("+OK")
+        assert live.wait_until(lambda: '"records":20' in live.api("python fs_cdr status json").replace(" ", ""), 10)
+        assert count(database) == 0  # all 20 are still in memory
+    finally:
+        live.shutdown()
+    log = live.log_text()
+    # fsctl shutdown fires SHUTDOWN (not SHUTDOWN_REQUESTED) while modules unload
+    assert ": spooling what is queued" in log and "spooled 20 records at shutdown" in log
+    # FreeSWITCH comes back with a working configuration: the spool is replayed.
+    live.write_cdr({"database": {"dbtype": "sqlite", "connectionstring": str(database)},
+                    "spool_dir": str(tmp_path / "spool")})
+    live.start()
+    try:
+        assert live.wait_until(lambda: count(database, "queue_name IS NULL") == 20 or count(database) == 20, 20)
+        time.sleep(0.5)
+        assert count(database) == 20
+    finally:
+        live.shutdown()
+
+
+def test_kill_9_loses_at_most_the_durability_window(tmp_path) -> None:
+    """Records the engine holds longer than durable_window_ms are on disk; after kill -9 and a restart
+    they are written, none twice."""
+    database = tmp_path / "cdr.sqlite"
+    holding = {"database": {"dbtype": "sqlite", "connectionstring": str(database), "batch_size": 100000,
+                            "flush_interval_ms": 60000},
+               "durable_window_ms": 200, "spool_dir": str(tmp_path / "spool")}
+    live = LiveSwitch(tmp_path, holding)
+    live.prepare()
+    live.start()
+    try:
+        for _ in range(15):
+            assert live.api("originate null/k9 4298 XML default").startswith("+OK")
+        assert live.wait_until(lambda: '"records":15' in live.api("python fs_cdr status json").replace(" ", ""), 10)
+        time.sleep(0.5)  # more than the window
+    finally:
+        live.kill()
+    assert count(database) == 0
+    live.write_cdr({"database": {"dbtype": "sqlite", "connectionstring": str(database)},
+                    "spool_dir": str(tmp_path / "spool")})
+    live.start()
+    try:
+        assert live.wait_until(lambda: count(database) == 15, 20)
+    finally:
+        live.shutdown()
+
+
+def test_a_thousand_calls_as_fast_as_the_switch_allows(tmp_path) -> None:
+    database = tmp_path / "cdr.sqlite"
+    live = LiveSwitch(tmp_path, {"details": True, "database": {"dbtype": "sqlite", "connectionstring": str(database)},
+                                 "spool_dir": str(tmp_path / "spool")})
+    live.prepare()
+    live.start()
+    calls = 1000
+    try:
+        live.api("fsctl loglevel warning")
+        socket = EventSocket()
+        started = time.time()
+        for _ in range(calls):
+            socket.sock.sendall(b"bgapi originate {null_auto_answer_delay=0}null/load 4299 XML default\n\n")
+        assert live.wait_until(lambda: count(database) >= 2 * calls, 180, 0.5), live.api("python fs_cdr status")
+        elapsed = time.time() - started
+        time.sleep(1)
+        assert count(database) == 2 * calls
+        assert count(database, "leg = 'b'") == calls
+        socket.close()
+        print(f"\n{calls} two-leg calls ({2 * calls} records) in {elapsed:.1f} s: {calls / elapsed:.0f} calls/s")
+    finally:
+        live.shutdown()
+    assert "Cannot queue any more events" not in live.log_text()

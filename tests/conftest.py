@@ -42,6 +42,25 @@ def hangups(name: str) -> list[dict[str, Any]]:
     return [event for event in scenario_events(name) if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
 
 
+#: Rows each recorded scenario must produce (live_* were recorded by tools/record_scenarios.py; the
+#: test phone's own leg and the far end of the test carrier carry fs_cdr_skip=true).
+EXPECTED_ROWS = {
+    "a_single_null": 1,
+    "b_bridge_null": 2,
+    "b_bridge_to_loopback": 4,
+    "c_bridge_noanswer": 3,
+    "c_busy_loopback": 2,
+    "c_noanswer_null": 1,
+    "live_extension_to_extension": 2,
+    "live_outbound_gateway": 2,
+    "live_ivr_no_transfer": 1,
+    "live_queue_acd": 2,
+    "live_dialer_answered": 1,
+    "live_dialer_unanswered": 1,
+    "live_transfer": 2,
+    "live_gateway_busy": 2,
+}
+TOTAL_ROWS = sum(EXPECTED_ROWS.values())
 SCENARIOS = sorted(os.path.basename(path)[: -len(".jsonl")] for path in glob.glob(os.path.join(EVENTS_DIR, "*.jsonl")))
 
 

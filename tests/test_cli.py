@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 
-from conftest import EVENTS_DIR, database_entry, drop_table
+from conftest import EVENTS_DIR, TOTAL_ROWS, database_entry, drop_table
 from fs_cdr.cli import main
 
 
@@ -21,9 +21,9 @@ def test_play_writes_every_leg_to_the_default_sqlite_and_shows_them(tmp_path, ca
     path = write_config(tmp_path, {"details": True, "database": {"dbtype": "sqlite", "connectionstring": ""}})
     assert main(["-c", path, "play", *sorted(glob.glob(os.path.join(EVENTS_DIR, "*.jsonl")))]) == 0
     out = capsys.readouterr().out
-    assert "13 rows" in out and "NO_ANSWER" in out
+    assert f"{TOTAL_ROWS} rows" in out and "NO_ANSWER" in out
     database = tmp_path / "var" / "fs_cdr.sqlite"
-    assert sqlite3.connect(str(database)).execute("select count(*) from cdr").fetchone() == (13,)
+    assert sqlite3.connect(str(database)).execute("select count(*) from cdr").fetchone() == (TOTAL_ROWS,)
 
 
 def test_schema_prints_create_table_with_configured_fields(tmp_path, capsys) -> None:

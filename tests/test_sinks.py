@@ -8,20 +8,11 @@ import time
 
 import pytest
 
-from conftest import SCENARIOS, SEED_FIELDS, connect, database_entry, hangups, make_config, rows, scenario_events
+from conftest import EXPECTED_ROWS, SCENARIOS, SEED_FIELDS, TOTAL_ROWS, connect, database_entry, hangups, make_config, rows, scenario_events
 from fs_cdr.engine import Engine, probe_config
 from fs_cdr.errors import ConfigError
 from fs_cdr.source import play
 from fs_cdr.sinks.redis import payload
-
-EXPECTED_ROWS = {
-    "a_single_null": 1,
-    "b_bridge_null": 2,
-    "b_bridge_to_loopback": 4,
-    "c_bridge_noanswer": 3,
-    "c_busy_loopback": 2,
-    "c_noanswer_null": 1,
-}
 
 
 def feed(engine: Engine, scenarios) -> None:
@@ -49,7 +40,7 @@ def test_every_recorded_scenario_gives_one_row_per_leg(sql_kind, table_name, tmp
     unanswered = found["2a35fbcc-e508-4a8f-bd49-70a163df798e"]
     assert (unanswered["billsec"], unanswered["answer_epoch"], unanswered["hangup_cause"]) == (0, None, "NO_ANSWER")
     status = engine.status()["sinks"][0]
-    assert status["received"] == status["written"] == 13 and status["healthy"]
+    assert status["received"] == status["written"] == TOTAL_ROWS and status["healthy"]
 
 
 def test_writing_the_same_calls_again_leaves_one_row_per_leg(sql_kind, table_name, tmp_path, engines) -> None:
@@ -57,8 +48,8 @@ def test_writing_the_same_calls_again_leaves_one_row_per_leg(sql_kind, table_nam
     engine = engines(config)
     feed(engine, SCENARIOS)
     feed(engine, SCENARIOS)
-    assert len(rows(sql_kind, tmp_path, table_name, "uuid")) == 13
-    assert engine.status()["sinks"][0]["written"] == 26
+    assert len(rows(sql_kind, tmp_path, table_name, "uuid")) == TOTAL_ROWS
+    assert engine.status()["sinks"][0]["written"] == 2 * TOTAL_ROWS
 
 
 def test_fields_and_details_round_trip(sql_kind, table_name, tmp_path, engines) -> None:
@@ -133,7 +124,7 @@ def test_redis_list_and_channel_carry_one_json_document_per_record(redis_client,
 
     def listen() -> None:
         deadline = time.time() + 10
-        while len(received) < 13 and time.time() < deadline:
+        while len(received) < TOTAL_ROWS and time.time() < deadline:
             message = pubsub.get_message(timeout=0.5)
             if message and message["type"] == "message":
                 received.append(json.loads(message["data"]))
@@ -150,7 +141,7 @@ def test_redis_list_and_channel_carry_one_json_document_per_record(redis_client,
     finally:
         redis_client.delete(key)
         pubsub.close()
-    assert len(listed) == 13 and len(received) == 13
+    assert len(listed) == TOTAL_ROWS and len(received) == TOTAL_ROWS
     assert {record["uuid"] for record in listed} == {record["uuid"] for record in received}
     first_hangup = hangups(SCENARIOS[0])[0]["Unique-ID"]
     assert listed[-1]["uuid"] == first_hangup  # LPUSH: the oldest record is at the tail, for BRPOP
@@ -174,9 +165,9 @@ def test_several_sinks_at_once_get_every_record(tmp_path, engines, table_name, r
     try:
         engine = engines(config)
         feed(engine, SCENARIOS)
-        assert len(rows("sqlite", tmp_path, table_name)) == 13
-        assert len(rows("postgresql", tmp_path, table_name)) == 13
-        assert redis_client.llen(key) == 13
+        assert len(rows("sqlite", tmp_path, table_name)) == TOTAL_ROWS
+        assert len(rows("postgresql", tmp_path, table_name)) == TOTAL_ROWS
+        assert redis_client.llen(key) == TOTAL_ROWS
     finally:
         redis_client.delete(key)
         from conftest import drop_table

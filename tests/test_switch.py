@@ -14,7 +14,7 @@ import types
 
 import pytest
 
-from conftest import SCENARIOS, database_entry, hangups, rows, scenario_events
+from conftest import SCENARIOS, TOTAL_ROWS, database_entry, hangups, rows, scenario_events
 
 
 class FakeEvent:
@@ -105,14 +105,14 @@ def test_events_from_the_consumer_become_rows_and_status_counts_them(fake_switch
         for event in scenario_events(scenario):
             fake_switch.events.put(FakeEvent(event))
     deadline = time.time() + 10
-    while fake_switch.switch._engine.records < 13 and time.time() < deadline:
+    while fake_switch.switch._engine.records < TOTAL_ROWS and time.time() < deadline:
         time.sleep(0.02)
     assert api(fake_switch, "flush").startswith("+OK")
-    assert len(rows("sqlite", fake_switch.tmp_path, "cdr")) == 13
+    assert len(rows("sqlite", fake_switch.tmp_path, "cdr")) == TOTAL_ROWS
     table = api(fake_switch, "status")
-    assert "records 13" in table and "sqlite" in table
+    assert f"records {TOTAL_ROWS}" in table and "sqlite" in table
     status = json.loads(api(fake_switch, "status json"))
-    assert status["sinks"][0]["written"] == 13 and status["sinks"][0]["healthy"] is True
+    assert status["sinks"][0]["written"] == TOTAL_ROWS and status["sinks"][0]["healthy"] is True
     assert any("[fs_cdr]" in text and "started" in text for _, text in fake_switch.log)
 
 

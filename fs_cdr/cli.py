@@ -3,6 +3,7 @@
     fs-cdr play [-c cdr.json] EVENTS.jsonl...   feed recorded FreeSWITCH events through the real engine
     fs-cdr schema [-c cdr.json] [--dbtype T]    print CREATE TABLE for the configured table and fields
     fs-cdr check [-c cdr.json]                  validate cdr.json and connect to every sink
+    fs-cdr replay [-c cdr.json]                 write the spooled records now (FreeSWITCH stopped)
 
 Outside FreeSWITCH, FreeSWITCH's db and storage directories default to ``var/`` beside cdr.json.
 """
@@ -13,15 +14,17 @@ import argparse
 import logging
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 from .config import DBTYPES, CdrConfig, Paths, load_config
 from .engine import Engine, format_status
 from .errors import ConfigError
 from .schema import table_columns
-from .sinks import lanes_for
+from .sinks import lanes_for, targets
 from .sinks.sql import SqlSink, dialect_for
 from .source import play
+from .spool import SpoolBusy
 
 DEFAULT_CONFIG = os.environ.get("FS_CDR_CONFIG", "cdr.json")
 SHOWN = ("uuid", "leg", "direction", "caller_id_number", "destination_number", "originator", "bridge_uuid",
@@ -96,17 +99,42 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args.config)
     problems = 0
-    for lane in lanes_for(config):
-        sink = lane.open_sink()
+    for target in targets(config):
+        sink = target.open_sink()
         try:
             sink.open()
-            print(f"OK    {lane.name}: {lane.description}")
+            print(f"OK    {target.name}: {target.description}")
         except Exception as error:  # noqa: BLE001 - every failure is a line of the report
             problems += 1
-            print(f"FAIL  {lane.name}: {lane.description}: {error}")
+            print(f"FAIL  {target.name}: {target.description}: {error}")
         finally:
             sink.close()
-            lane.spool.close()
+    return 1 if problems else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Drain the spool by hand, e.g. with FreeSWITCH stopped. While FreeSWITCH runs it owns the
+    spool and replays by itself (``python fs_cdr replay`` skips the backoff)."""
+    config = load(args.config)
+    lanes = lanes_for(config)
+    waiting = {lane.name: lane.spool.pending for lane in lanes}
+    total = sum(waiting.values())
+    for lane in lanes:
+        lane.start()
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline and not all(lane.settled() for lane in lanes):
+        left = sum(lane.spool.pending for lane in lanes)
+        print(f"\rreplaying: {total - left}/{total}", end="", file=sys.stderr, flush=True)
+        time.sleep(0.2)
+    print(file=sys.stderr)
+    problems = 0
+    for lane in lanes:
+        left = lane.spool.pending
+        lane.stop(1.0)
+        state = "done" if not left else f"{left} still spooled: {lane.stats.last_error or 'timed out'}"
+        print(f"{lane.name}: {waiting[lane.name]} spooled, {lane.stats.replayed} written, "
+              f"{lane.stats.rejected} refused; {state}")
+        problems += bool(left)
     return 1 if problems else 0
 
 
@@ -126,7 +154,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     schema_parser.set_defaults(run=cmd_schema)
     check_parser = commands.add_parser("check", help="validate cdr.json and connect to every sink")
     check_parser.set_defaults(run=cmd_check)
-    for sub in (play_parser, schema_parser, check_parser):
+    replay_parser = commands.add_parser("replay", help="write the spooled records now")
+    replay_parser.add_argument("--timeout", type=float, default=300.0, help="seconds to keep trying")
+    replay_parser.set_defaults(run=cmd_replay)
+    for sub in (play_parser, schema_parser, check_parser, replay_parser):
         sub.add_argument("-c", "--config", default=argparse.SUPPRESS, help="path of cdr.json")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -137,6 +168,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.run(args))
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    except SpoolBusy as error:
+        print(f"{error}: stop FreeSWITCH first, or run 'python fs_cdr replay' in fs_cli", file=sys.stderr)
         return 2
 
 

@@ -16,7 +16,7 @@ from .channel import HANGUP_EVENT, Headers, dumps, header
 from .config import CdrConfig
 from .errors import ConfigError
 from .record import CallRecord, RecordBuilder
-from .sinks import lanes_for
+from .sinks import lanes_for, targets
 from .writer import Guard, SinkLane
 
 log = logging.getLogger("fs_cdr.engine")
@@ -117,7 +117,7 @@ class Engine:
         refused (``ConfigError``) and the running one stays; an unreachable database is not a reason
         to refuse (its records are spooled until it is back)."""
         if probe:
-            probe_config(config, self.lane_factory)
+            probe_config(config)
         if _sink_shape(config) == _sink_shape(self.config):
             with self._swap:
                 self.config, self.builder = config, RecordBuilder(config)
@@ -136,6 +136,11 @@ class Engine:
         self.reloads += 1
         return "configuration reloaded: " + ("; ".join(lane.description for lane in self.lanes) or "log only")
 
+    def replay(self) -> str:
+        """Retry every sink now (skipping its backoff); the spool drains as soon as a sink takes writes."""
+        parts = [f"{lane.name}: {lane.replay_now()} spooled" for lane in self.lanes]
+        return "replaying " + (", ".join(parts) or "nothing")
+
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every lane has written everything it received, spool included."""
         deadline = time.monotonic() + timeout_s
@@ -148,6 +153,8 @@ class Engine:
     def stop(self, timeout_s: float = 2.0) -> int:
         """Write what can be written within ``timeout_s``, spool the rest; returns how many were spooled."""
         if not self._started:
+            for lane in self.lanes:
+                lane.spool.close()  # give up the spool directories all the same
             return 0
         self.guard.stop()
         spooled = sum(lane.stop(timeout_s) for lane in self.lanes)
@@ -169,20 +176,19 @@ class Engine:
         }
 
 
-def probe_config(config: CdrConfig, lane_factory: LaneFactory = lanes_for) -> None:
+def probe_config(config: CdrConfig) -> None:
     """Open each sink once and check its table; raises ``ConfigError`` for a missing column.
     A sink that cannot be reached now is only logged: its records will be spooled."""
-    for lane in lane_factory(config):
-        sink = lane.open_sink()
+    for target in targets(config):
+        sink = target.open_sink()
         try:
             sink.open()
         except ConfigError:
             raise
         except Exception as error:  # noqa: BLE001
-            log.warning("sink %s: not reachable while checking the configuration: %s", lane.name, error)
+            log.warning("sink %s: not reachable while checking the configuration: %s", target.name, error)
         finally:
             sink.close()
-            lane.spool.close()
 
 
 def _uuid(headers: Headers) -> str:

@@ -12,6 +12,7 @@ losing it only means records are sent again, and every sink write is an upsert b
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -19,12 +20,17 @@ from dataclasses import dataclass
 from typing import IO, Iterable, Optional
 
 from .channel import dumpb, loads
+from .errors import CdrError
 from .record import CallRecord
 
 log = logging.getLogger("fs_cdr.spool")
 
 SEGMENT_BYTES = 8 * 1024 * 1024
 SUFFIX = ".jsonl"
+
+
+class SpoolBusy(CdrError):
+    """Another fs_cdr (a running FreeSWITCH, a ``fs-cdr replay``) owns this spool directory."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,18 @@ class Spool:
     def __init__(self, directory: str) -> None:
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
+        # One owner per spool: two processes replaying the same files would send records twice.
+        self._owner = open(os.path.join(directory, ".lock"), "a+")
+        try:
+            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            self._owner.seek(0)
+            holder = self._owner.read().strip() or "another process"
+            self._owner.close()
+            raise SpoolBusy(f"spool {directory} is in use by {holder}") from error
+        self._owner.truncate(0)
+        self._owner.write(f"pid {os.getpid()}\n")
+        self._owner.flush()
         self._lock = threading.Lock()
         self._active: Optional[str] = None
         self._handle: Optional[IO[bytes]] = None
@@ -163,7 +181,10 @@ class Spool:
                 os.replace(temporary, ticket.segment + ".offset")
 
     def close(self) -> None:
+        """Close the segment being written and give up ownership of the directory."""
         with self._lock:
             if self._handle is not None:
                 self._handle.close()
                 self._handle, self._active = None, None
+            if not self._owner.closed:
+                self._owner.close()

@@ -33,7 +33,7 @@ log = logging.getLogger("fs_cdr")
 #: The C queue stores pointers, so this costs about 800 KB.
 CONSUMER_QUEUE = 100_000
 THREAD_STACK = 4 * 1024 * 1024
-USAGE = "-USAGE: python fs_cdr status [json] | reload [path] | flush | start [path] | stop"
+USAGE = "-USAGE: python fs_cdr status [json] | reload [path] | flush | replay | start [path] | stop"
 
 _lock = threading.RLock()
 _engine: Optional[Engine] = None
@@ -168,13 +168,15 @@ def command(argument: str) -> str:
     if name == "stop":
         return stop()
     engine = _engine
-    if name not in ("status", "flush"):
+    if name not in ("status", "flush", "replay"):
         return USAGE
     if engine is None:
         return "-ERR fs_cdr is not running (python fs_cdr start [path/to/cdr.json])"
     if name == "status":
         status = engine.status()
         return dumps(status) if rest == "json" else format_status(status)
+    if name == "replay":
+        return "+OK " + engine.replay()
     if engine.flush(10.0):
         return "+OK flushed"
     return "-ERR not everything was written within 10 s (the rest is queued or spooled)"

@@ -97,6 +97,7 @@ class SinkWriter:
         self._overflow: list[CallRecord] = []
         self._inflight: Optional[_Batch] = None
         self._stopping = threading.Event()
+        self._nudged = threading.Event()
         self._sink: Optional[Sink] = None
         self._thread = threading.Thread(target=self._run, name=f"fs_cdr-{lane.name}-{index}", daemon=True)
 
@@ -190,7 +191,7 @@ class SinkWriter:
 
     def _replay_one(self) -> None:
         lane = self.lane
-        if lane.failures and self._stopping.wait(lane.backoff.compute(lane.failures)):
+        if lane.failures and self._pause(lane.backoff.compute(lane.failures)):
             return
         ticket, records = lane.spool.take(self.settings.batch_size)
         if ticket is None:
@@ -234,7 +235,7 @@ class SinkWriter:
                         return False
                     failures += 1
                     lane.failed(error, failures)
-                    if self._stopping.wait(lane.backoff.compute(failures)):
+                    if self._pause(lane.backoff.compute(failures)):
                         return False
                     continue
                 lane.wrote(len(records))
@@ -244,6 +245,16 @@ class SinkWriter:
         finally:
             with self._lock:
                 self._inflight = None
+
+    def _pause(self, seconds: float) -> bool:
+        """Back off for ``seconds``, cut short by :meth:`nudge`; True when stopping."""
+        self._nudged.wait(seconds)
+        self._nudged.clear()
+        return self._stopping.is_set()
+
+    def nudge(self) -> None:
+        """Try again now instead of at the end of the current backoff (``replay`` by hand)."""
+        self._nudged.set()
 
     def _isolate(self, records: list[CallRecord]) -> list[CallRecord]:
         """Find the refused records of a rejected batch by writing one at a time; returns what is
@@ -280,6 +291,7 @@ class SinkWriter:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._nudged.set()
         with self._lock:
             self._ready.notify_all()
 
@@ -396,6 +408,12 @@ class SinkLane:
             "sink %s: refused record %s, set aside in %s: %s",
             self.name, record.get("uuid"), self._rejected_path, message,
         )
+
+    def replay_now(self) -> int:
+        """Skip the current backoff and try the sink (and its spool) at once; returns what is spooled."""
+        for writer in self.writers:
+            writer.nudge()
+        return self.spool.pending
 
     @property
     def healthy(self) -> bool:

@@ -1,45 +1,55 @@
 """Sinks: where records go. Each module is one kind of target; all obey ``writer.Sink``.
 
-``lanes_for(config)`` turns a validated configuration into one :class:`~fs_cdr.writer.SinkLane`
-per configured target, each knowing how to open a fresh sink for every writer thread.
+``targets(config)`` lists the configured targets, each knowing how to open a fresh sink (one per
+writer thread); ``lanes_for(config)`` wraps each in a :class:`~fs_cdr.writer.SinkLane` with its
+queue, writers and spool. Checking a configuration needs only the former, so it never touches a
+spool that a running engine owns.
 """
 
 from __future__ import annotations
 
-from ..config import CdrConfig, config_secrets
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import BatchSettings, CdrConfig, config_secrets
 from ..errors import ConfigError
 from ..schema import table_columns
-from ..writer import SinkLane
+from ..writer import Sink, SinkLane
 from .sql import SqlSink, dialect_for
 
 
-def lanes_for(config: CdrConfig) -> list[SinkLane]:
-    lanes: list[SinkLane] = []
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    open_sink: Callable[[], Sink]
+    batch: BatchSettings
+
+
+def targets(config: CdrConfig) -> list[Target]:
+    found: list[Target] = []
     columns = table_columns(config)
-    secrets = config_secrets(config)
     for database in config.databases:
         dialect = dialect_for(database.dbtype)
         if dialect is None:
             raise ConfigError("cdr.database.dbtype", f"{database.dbtype} is not supported by this build")
 
-        def open_sink(database=database, dialect=dialect):  # bind this iteration's values
+        def open_sql(database=database, dialect=dialect) -> Sink:  # bind this iteration's values
             return SqlSink(dialect, database, columns)
 
-        lanes.append(
-            SinkLane(database.name, database.describe(), open_sink, database.batch, config.spool_dir, secrets=secrets)
-        )
+        found.append(Target(database.name, database.describe(), open_sql, database.batch))
     if config.redis is not None:
         from .redis import RedisSink
 
         redis_config = config.redis
-        lanes.append(
-            SinkLane(
-                redis_config.name,
-                redis_config.describe(),
-                lambda: RedisSink(redis_config),
-                redis_config.batch,
-                config.spool_dir,
-                secrets=secrets,
-            )
-        )
-    return lanes
+        found.append(Target(redis_config.name, redis_config.describe(), lambda: RedisSink(redis_config),
+                            redis_config.batch))
+    return found
+
+
+def lanes_for(config: CdrConfig) -> list[SinkLane]:
+    secrets = config_secrets(config)
+    return [
+        SinkLane(target.name, target.description, target.open_sink, target.batch, config.spool_dir, secrets=secrets)
+        for target in targets(config)
+    ]

@@ -34,3 +34,8 @@ install-freeswitch:
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info
+
+## The benchmark (not part of the tests): figures as ratios of the raw limits measured in the same run.
+bench: $(VENV)/.installed-test
+	tools/services.sh
+	$(PY) bench/run.py

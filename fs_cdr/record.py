@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any, Optional
 
-from .channel import Headers, dumps, header, variable, variables
+from .channel import VARIABLE_PREFIX, Headers, dumps, header, variable
 from .config import CdrConfig
 from .fields import Value, to_number
 from .schema import SHORT_LIMIT, STANDARD_COLUMNS, TEXT_LIMIT
@@ -20,6 +20,7 @@ from .schema import SHORT_LIMIT, STANDARD_COLUMNS, TEXT_LIMIT
 log = logging.getLogger("fs_cdr.record")
 
 CallRecord = dict[str, Value]
+_NOT_VARIABLE = object()
 
 _TRUE = frozenset(("true", "yes", "on", "1", "t", "y", "enabled", "active", "allow"))
 _TEXT_COLUMNS = tuple(column.name for column in STANDARD_COLUMNS if column.kind == "text")
@@ -84,6 +85,7 @@ class RecordBuilder:
             else None
         )
         self.truncated = 0
+        self._detail_names: dict[str, Any] = {}
 
     def build(self, headers: Headers) -> Optional[CallRecord]:
         """The record for one CHANNEL_HANGUP_COMPLETE (or an imported CDR), or ``None`` to skip it.
@@ -163,10 +165,24 @@ class RecordBuilder:
                 )
 
     def _details(self, headers: Headers) -> dict[str, Any]:
-        found = variables(headers)
-        secret = self._secret
-        if secret is not None:
-            for name in found:
-                if secret.match(name.lower()):
-                    found[name] = "***"
+        """Every channel variable, prefix stripped, secrets masked. Header names repeat from call to
+        call, so what each one means (not a variable / a variable / a secret) is worked out once:
+        this is the hot loop of the source thread (200 variables a hangup)."""
+        known = self._detail_names
+        if len(known) > 100_000:  # hostile, ever-new variable names must not grow it forever
+            known.clear()
+        found: dict[str, Any] = {}
+        for key, value in headers.items():
+            meaning = known.get(key)
+            if meaning is None:
+                meaning = known[key] = self._meaning(key)
+            if meaning is not _NOT_VARIABLE:
+                name, secret = meaning
+                found[name] = "***" if secret else value
         return found
+
+    def _meaning(self, key: str) -> Any:
+        if not key.startswith(VARIABLE_PREFIX):
+            return _NOT_VARIABLE
+        name = key[len(VARIABLE_PREFIX):]
+        return (name, bool(self._secret is not None and self._secret.match(name.lower())))

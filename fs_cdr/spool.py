@@ -126,6 +126,16 @@ class Spool:
         finally:
             os.close(directory)
 
+    def adopt(self, path: str) -> int:
+        """Take a journal segment left by a crash as the next spool segment; returns its records."""
+        with self._lock:
+            target = os.path.join(self.directory, f"{self._next:012d}{SUFFIX}")
+            self._next += 1
+            os.replace(path, target)
+            count = self._count_lines(target)
+            self.pending += count
+            return count
+
     def take(self, limit: int) -> tuple[Optional[Ticket], list[CallRecord]]:
         """Up to ``limit`` records from the oldest segment, in the order they were spooled."""
         with self._lock:
@@ -188,3 +198,99 @@ class Spool:
                 self._handle, self._active = None, None
             if not self._owner.closed:
                 self._owner.close()
+
+
+class Journal:
+    """Records a sink is slow to take, fsynced to disk while they still wait in memory.
+
+    A record that waited longer than the durability window is appended here, so that a crash (kill -9)
+    cannot lose it, and it stays in the writer's queue: the normal path writes it, and then its hold
+    is released. A segment whose records were all released is deleted. Nothing is ever read back
+    while the process runs; after a crash, the segments left over are handed to the spool and
+    replayed like any spooled record (upserts make the few already written harmless).
+    """
+
+    def __init__(self, directory: str, spool: Spool) -> None:
+        self.directory = directory
+        self.spool = spool
+        os.makedirs(directory, exist_ok=True)
+        self._lock = threading.Lock()
+        self._handle: Optional[IO[bytes]] = None
+        self._active = 0
+        self._active_bytes = 0
+        self._held: dict[int, int] = {}
+        self.journaled_total = 0
+        leftovers = sorted(name for name in os.listdir(directory) if name.endswith(SUFFIX))
+        for name in leftovers:
+            adopted = spool.adopt(os.path.join(directory, name))
+            log.warning("journal %s: %d records left by a crash go to the spool", name, adopted)
+        self._next = 1
+
+    def append(self, records: list[CallRecord]) -> int:
+        """Append and fsync; returns the segment number to :meth:`release` against."""
+        data = b"".join(dumpb(record) + b"\n" for record in records)
+        with self._lock:
+            if self._handle is None or self._active_bytes > SEGMENT_BYTES:
+                self._roll()
+            assert self._handle is not None
+            self._handle.write(data)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._active_bytes += len(data)
+            self._held[self._active] = self._held.get(self._active, 0) + len(records)
+            self.journaled_total += len(records)
+            return self._active
+
+    def _path(self, number: int) -> str:
+        return os.path.join(self.directory, f"{number:012d}{SUFFIX}")
+
+    def _roll(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            if not self._held.get(self._active):
+                self._unlink(self._active)
+        self._active = self._next
+        self._next += 1
+        self._handle = open(self._path(self._active), "ab")
+        self._active_bytes = 0
+
+    def _unlink(self, number: int) -> None:
+        self._held.pop(number, None)
+        try:
+            os.unlink(self._path(number))
+        except FileNotFoundError:
+            pass
+
+    def release(self, number: int, count: int = 1) -> None:
+        """``count`` records of segment ``number`` are in the sink or in the spool now."""
+        with self._lock:
+            left = self._held.get(number, 0) - count
+            if left > 0:
+                self._held[number] = left
+                return
+            if number == self._active:
+                # the segment being appended to: start a new one next time, drop this one now
+                self._held.pop(number, None)
+                if self._handle is not None:
+                    self._handle.close()
+                    self._handle = None
+            self._unlink(number)
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return sum(self._held.values())
+
+    def close(self) -> None:
+        """On a clean stop everything held was written or spooled first; anything still held is
+        handed to the spool rather than deleted."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+            for number in list(self._held):
+                if self._held[number] > 0:
+                    self.spool.adopt(self._path(number))
+                    self._held.pop(number)
+                else:
+                    self._unlink(number)

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
 from .channel import dumpb
@@ -31,7 +31,7 @@ from .config import BatchSettings, mask_secrets
 from .errors import ConfigError, RejectedError
 from .record import CallRecord
 from .retry import Backoff
-from .spool import Spool, Ticket
+from .spool import Journal, Spool, Ticket
 
 log = logging.getLogger("fs_cdr.writer")
 
@@ -63,11 +63,25 @@ class LaneStats:
     last_write_at: float = 0.0
 
 
+class _Waiting:
+    """A record in a writer's memory: when it arrived, and the journal segment holding a copy."""
+
+    __slots__ = ("since", "record", "segment", "done")
+
+    def __init__(self, since: float, record: CallRecord) -> None:
+        self.since = since
+        self.record = record
+        self.segment = 0  # 0: not journaled
+        self.done = False  # written, or moved to the spool: it no longer needs the journal
+
+
 @dataclass
 class _Batch:
     records: list[CallRecord]
     since: float
-    #: Set by the guard when it copied this batch to the spool (the sink was too slow).
+    #: The queue entries behind a live batch (their journal holds are released when it is done).
+    entries: list[_Waiting] = field(default_factory=list)
+    #: Set by the guard when it moved this batch to the spool (the sink is failing).
     spooled: bool = False
     #: Set when the batch came from the spool; confirmed there once written.
     ticket: Optional[Ticket] = None
@@ -84,6 +98,18 @@ def _unique(records: list[CallRecord]) -> list[CallRecord]:
     return records if len(latest) == len(records) else list(latest.values())
 
 
+@dataclass
+class Due:
+    """What the guard must put on disk for one writer."""
+
+    #: to the spool: replayed later (overflow, or everything while the sink is failing)
+    spool: list[CallRecord] = field(default_factory=list)
+    #: to the journal: still written from memory, but safe from a crash meanwhile
+    journal: list[_Waiting] = field(default_factory=list)
+    #: journal segments to release once ``spool`` is fsynced
+    release: list[int] = field(default_factory=list)
+
+
 class SinkWriter:
     """One writer thread of a lane, with its own queue and its own connection."""
 
@@ -93,7 +119,7 @@ class SinkWriter:
         self.settings = lane.settings
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
-        self._queue: deque[tuple[float, CallRecord]] = deque()
+        self._queue: deque[_Waiting] = deque()
         self._overflow: list[CallRecord] = []
         self._inflight: Optional[_Batch] = None
         self._stopping = threading.Event()
@@ -107,7 +133,7 @@ class SinkWriter:
             if self.lane.degraded or len(self._queue) >= self.settings.queue_size or self._stopping.is_set():
                 self._overflow.append(record)
                 return
-            self._queue.append((now, record))
+            self._queue.append(_Waiting(now, record))
             # Wake the writer when the first record arrives (it then waits flush_interval_ms for the
             # batch to fill) and when a batch is full; not for every record in between.
             if len(self._queue) in (1, self.settings.batch_size):
@@ -121,27 +147,63 @@ class SinkWriter:
             return len(self._queue) + len(self._overflow) + held
 
     # -- guard side ---------------------------------------------------------------------------
-    def take_due(self, now: float, window_s: float, everything: bool = False) -> list[CallRecord]:
-        """Records that must go to disk now: the overflow, plus — when the oldest waiting record
-        is older than the window (or ``everything``) — the in-flight batch and the whole queue."""
+    def take_due(self, now: float, window_s: float, everything: bool = False) -> Due:
+        """What must go to disk now. The overflow always goes to the spool. Records that waited
+        longer than the window go to the journal while the sink works, and — with everything else
+        this writer holds — to the spool when the sink is failing (or ``everything``, at stop)."""
+        due = Due()
         with self._lock:
-            due = self._overflow
-            self._overflow = []
+            due.spool, self._overflow = self._overflow, []
             inflight = self._inflight
             if inflight is not None and (inflight.spooled or inflight.ticket is not None):
                 inflight = None
-            oldest = inflight.since if inflight else (self._queue[0][0] if self._queue else None)
-            if oldest is not None and (everything or now - oldest > window_s):
-                waiting: list[CallRecord] = []
+            entries = (inflight.entries if inflight else []) + list(self._queue)
+            if not entries:
+                return due
+            oldest = entries[0].since
+            if everything or (self.lane.failures and now - oldest > window_s):
                 if inflight:
                     inflight.spooled = True
-                    waiting.extend(inflight.records)
-                waiting.extend(record for _, record in self._queue)
+                for entry in entries:
+                    entry.done = True
+                    if entry.segment:
+                        due.release.append(entry.segment)
+                due.spool = [entry.record for entry in entries] + due.spool
                 self._queue.clear()
                 if not everything:
-                    self.lane.degrade(f"records waited more than {window_s * 1000:.0f} ms")
-                due = waiting + due
+                    self.lane.degrade(f"the sink is failing and records waited more than {window_s * 1000:.0f} ms")
+                return due
+            cutoff = now - window_s
+            for entry in entries:
+                if entry.since > cutoff:
+                    break
+                if not entry.segment and not entry.done:
+                    due.journal.append(entry)
             return due
+
+    def journaled(self, entries: list[_Waiting], segment: int) -> None:
+        """The guard fsynced ``entries`` into journal ``segment``; those written meanwhile release."""
+        written = 0
+        with self._lock:
+            for entry in entries:
+                if entry.done:
+                    written += 1
+                else:
+                    entry.segment = segment
+        if written:
+            self.lane.journal.release(segment, written)
+
+    def _finish(self, batch: _Batch) -> None:
+        """A live batch left memory (written or set aside): release its journal copies."""
+        segments: list[int] = []
+        with self._lock:
+            for entry in batch.entries:
+                if not entry.done:
+                    entry.done = True
+                    if entry.segment:
+                        segments.append(entry.segment)
+        for segment in segments:
+            self.lane.journal.release(segment)
 
     # -- consumer side (writer thread) --------------------------------------------------------
     def start(self) -> None:
@@ -156,18 +218,20 @@ class SinkWriter:
                 if count >= settings.batch_size:
                     break
                 if count:
-                    age = time.monotonic() - self._queue[0][0]
+                    age = time.monotonic() - self._queue[0].since
                     if age >= interval:
                         break
                     self._ready.wait(interval - age)
+                elif self.lane.replay_due(self):
+                    return None  # back to replaying at once: the spool is the backlog
                 else:
-                    self._ready.wait(interval if self.lane.replay_due(self) else 0.25)
+                    self._ready.wait(0.25)
                     if not self._queue:
                         return None
             if not self._queue:
                 return None
             taken = [self._queue.popleft() for _ in range(min(settings.batch_size, len(self._queue)))]
-            self._inflight = _Batch([record for _, record in taken], taken[0][0])
+            self._inflight = _Batch([entry.record for entry in taken], taken[0].since, entries=taken)
             return self._inflight
 
     def _run(self) -> None:
@@ -183,7 +247,8 @@ class SinkWriter:
                     self._replay_one()
                 batch = self._next_batch()
                 if batch is not None:
-                    self._deliver(batch)
+                    if self._deliver(batch):
+                        self._finish(batch)
             except Exception:  # the thread must outlive any bug: log it and keep going
                 log.exception("sink %s writer %d: unexpected error", lane.name, self.index)
                 time.sleep(0.5)
@@ -320,6 +385,7 @@ class SinkLane:
         self.backoff = backoff
         self.secrets = tuple(secrets)
         self.spool = Spool(os.path.join(spool_dir, name))
+        self.journal = Journal(os.path.join(spool_dir, name, "journal"), self.spool)
         self.stats = LaneStats()
         self.degraded = self.spool.pending > 0
         self.failures = 0
@@ -423,13 +489,17 @@ class SinkLane:
         return sum(writer.queued for writer in self.writers)
 
     def guard(self, now: float, window_s: float, everything: bool = False) -> int:
-        """Move what is due to the spool (see :meth:`SinkWriter.take_due`); returns how many."""
-        due: list[CallRecord] = []
+        """Put on disk what is due (see :meth:`SinkWriter.take_due`); returns how many were spooled."""
+        spooled = 0
         for writer in self.writers:
-            due.extend(writer.take_due(now, window_s, everything))
-        if due:
-            self.spool.append(due)
-        return len(due)
+            due = writer.take_due(now, window_s, everything)
+            if due.spool:
+                spooled += self.spool.append(due.spool)
+            for segment in due.release:  # only once their spool copy is fsynced
+                self.journal.release(segment)
+            if due.journal:
+                writer.journaled(due.journal, self.journal.append([entry.record for entry in due.journal]))
+        return spooled
 
     def drained(self) -> bool:
         """Nothing held in memory (it may still be in the spool)."""
@@ -450,6 +520,7 @@ class SinkLane:
         for writer in self.writers:
             writer.join(max(0.0, deadline - time.monotonic()))
         spooled += self.guard(time.monotonic(), 0.0, everything=True)
+        self.journal.close()
         self.spool.close()
         return spooled
 
@@ -463,6 +534,7 @@ class SinkLane:
             "written": stats.written,
             "queued": self.queued(),
             "spooled": self.spool.pending,
+            "journaled": self.journal.held,
             "rejected": stats.rejected,
             "retries": stats.retries,
             "replayed": stats.replayed,

@@ -61,8 +61,13 @@ def ensure_drivers() -> Path:
 class LiveSwitch:
     """One FreeSWITCH process with a configuration of its own under ``root``."""
 
-    def __init__(self, root: Path, cdr: dict[str, Any]) -> None:
+    def __init__(self, root: Path, cdr: dict[str, Any], fs_cdr: bool = True,
+                 native_cdr: tuple[str, ...] = ()) -> None:
+        """``fs_cdr``: start fs_cdr with FreeSWITCH; ``native_cdr``: FreeSWITCH's own CDR modules to
+        keep loaded (all are off otherwise; the benchmark compares with them)."""
         self.root = root
+        self.fs_cdr = fs_cdr
+        self.native_cdr = native_cdr
         self.conf = root / "conf"
         self.log_dir = root / "log"
         self.scripts = root / "scripts"
@@ -87,6 +92,9 @@ class LiveSwitch:
         # fs_cdr starts with FreeSWITCH, from the repository's python.conf.xml
         python_conf = (REPO / "freeswitch/autoload_configs/python.conf.xml").read_text()
         python_conf = python_conf.replace('value="fs_cdr"', f'value="fs_cdr {self.cdr_path}"')
+        if not self.fs_cdr:
+            python_conf = python_conf.replace('<param name="startup-script"', '<!-- param name="startup-script"')
+            python_conf = python_conf.replace('/>\n  </settings>', '-->\n  </settings>')
         (self.conf / "autoload_configs/python.conf.xml").write_text(python_conf)
         # the repository's dialplan examples, and the test-only far end, users and gateway
         # The examples go first in the default context, before the vanilla extensions (which claim
@@ -118,7 +126,7 @@ class LiveSwitch:
         (self.conf / "vars.xml").write_text(variables)
         # FreeSWITCH's own CDR modules are not what is under test here (the benchmark compares them)
         modules = (self.conf / "autoload_configs/modules.conf.xml").read_text()
-        for module in ("mod_cdr_csv", "mod_cdr_sqlite", "mod_json_cdr", "mod_xml_cdr"):
+        for module in {"mod_cdr_csv", "mod_cdr_sqlite", "mod_json_cdr", "mod_xml_cdr"} - set(self.native_cdr):
             modules = modules.replace(f'<load module="{module}"/>', f"<!-- {module} off for tests -->")
         (self.conf / "autoload_configs/modules.conf.xml").write_text(modules)
 
@@ -165,6 +173,13 @@ class LiveSwitch:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
         self.process = None
+
+    def cpu_seconds(self) -> float:
+        """FreeSWITCH's user+system CPU time so far."""
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_text(self) -> str:
         path = self.log_dir / "freeswitch.log"

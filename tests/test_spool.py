@@ -112,7 +112,7 @@ def test_records_for_a_down_sink_are_spooled_within_the_window_then_replayed_onc
         lane.stop(1.0)
 
 
-def test_a_slow_sink_does_not_hold_records_in_memory_past_the_window(tmp_path) -> None:
+def test_a_slow_sink_gets_waiting_records_journaled_within_the_window(tmp_path) -> None:
     lane, state = lane_with(tmp_path, delay=0.5)
     guard = Guard(lambda: [lane], 0.1)
     lane.start()
@@ -120,9 +120,13 @@ def test_a_slow_sink_does_not_hold_records_in_memory_past_the_window(tmp_path) -
     try:
         lane.offer({"uuid": "slow-1"}, time.monotonic())
         time.sleep(0.3)
-        assert lane.spool.spooled_total == 1  # on disk while the write still hangs
+        # on disk (the journal) while the write still hangs, and still written from memory
+        assert lane.journal.journaled_total == 1 and lane.journal.held == 1
+        assert lane.spool.spooled_total == 0 and lane.healthy
         assert wait_for(lambda: lane.settled() and "slow-1" in state["rows"])
-        assert state["writes"].count("slow-1") == 1  # the replay skips what the slow write delivered
+        assert state["writes"].count("slow-1") == 1
+        assert wait_for(lambda: lane.journal.held == 0)
+        assert not [name for name in os.listdir(tmp_path / "test" / "journal") if name.endswith(".jsonl")]
     finally:
         guard.stop()
         lane.stop(1.0)
@@ -157,5 +161,22 @@ def test_stop_spools_what_could_not_be_written_and_a_new_lane_replays_it(tmp_pat
     try:
         assert wait_for(again.settled)
         assert sorted(state["rows"]) == sorted(f"late-{index}" for index in range(10))
+    finally:
+        again.stop(1.0)
+
+
+def test_journal_left_by_a_crash_is_replayed_at_the_next_start(tmp_path) -> None:
+    lane, state = lane_with(tmp_path, delay=5)
+    lane.journal.append([{"uuid": "crashed-1"}, {"uuid": "crashed-2"}])
+    lane.journal._handle.close()  # the process dies here: no release, no clean stop
+    lane.spool.close()
+    state["delay"] = 0
+    again = SinkLane("test", "controlled", lambda: ControlledSink(state),
+                     BatchSettings(batch_size=50, flush_interval_ms=10), str(tmp_path))
+    assert again.spool.pending == 2
+    again.start()
+    try:
+        assert wait_for(again.settled)
+        assert sorted(state["rows"]) == ["crashed-1", "crashed-2"]
     finally:
         again.stop(1.0)

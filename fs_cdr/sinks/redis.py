@@ -31,6 +31,8 @@ class RedisSink:
 
     def open(self) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         timeout = self.config.batch.timeout_s
         client = redis.Redis(
@@ -42,6 +44,9 @@ class RedisSink:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=30,
+            # redis-py retries a lost connection by itself for seconds; fs_cdr's writer owns retries
+            # (and spools meanwhile), so a failure must surface at once.
+            retry=Retry(NoBackoff(), 0),
         )
         try:
             client.ping()

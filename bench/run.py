@@ -1,0 +1,305 @@
+"""fs_cdr benchmark: each figure beside the raw limit measured in the same run, as a ratio.
+
+    make bench            (or: .venv/bin/python bench/run.py [--records N] [--freeswitch-calls N])
+
+1. raw limits: a plain batched executemany of the same rows into the same kind of table (MariaDB,
+   PostgreSQL, SQLite), pipelined LPUSH+PUBLISH (Redis), and one INSERT per transaction (what
+   FreeSWITCH's own C CDR modules do, one per call);
+2. fs_cdr end to end from a recorded event stream (JSON text, details on, 200-variable channels);
+3. the source stage alone (decode -> record) on one core;
+4. hangup-to-row latency at a fixed 500 records/s;
+5. memory per queued record with 100,000 records queued and the database unreachable;
+6. where FreeSWITCH is installed: loopback calls with no CDR module, with mod_cdr_sqlite, and with
+   fs_cdr to SQLite and MariaDB (calls/s, FreeSWITCH CPU seconds per 1,000 calls, rows).
+Not part of the test suite: a shared machine's timings are for ratios, not for pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import resource
+import shutil
+import socket
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fs_cdr.channel import decode_event, dumps  # noqa: E402
+from fs_cdr.config import Paths, parse_config  # noqa: E402
+from fs_cdr.engine import Engine  # noqa: E402
+from fs_cdr.record import RecordBuilder  # noqa: E402
+from fs_cdr.schema import table_columns  # noqa: E402
+from fs_cdr.sinks.redis import payload  # noqa: E402
+from fs_cdr.sinks.sql import SqlSink, dialect_for  # noqa: E402
+
+TEMPLATE_FILE = ROOT / "tests/events/b_bridge_null.jsonl"
+FIELDS = ["rtp_last_audio_codec_string", "number:billsec", "number:duration", "record_filename",
+          "jsipid:sip_h_X-jssipid", "queue_name"]
+
+
+def recorded_stream(count: int) -> list[bytes]:
+    """``count`` CHANNEL_HANGUP_COMPLETE events as FreeSWITCH serializes them: the recorded b-leg,
+    padded to 200 channel variables (a realistic SIP channel), each with its own uuid."""
+    template = [decode_event(line) for line in TEMPLATE_FILE.read_bytes().splitlines()
+                if b'"CHANNEL_HANGUP_COMPLETE"' in line][0]
+    have = sum(1 for key in template if key.startswith("variable_"))
+    for index in range(200 - have):
+        template[f"variable_sip_h_X-Bench-{index}"] = f"value-{index}-" + "x" * (index % 40)
+    template["variable_queue_name"] = "support"
+    events = []
+    for _ in range(count):
+        call = str(uuidlib.uuid4())
+        events.append(dumps(dict(template, **{"Unique-ID": call, "variable_uuid": call})).encode())
+    return events
+
+
+def config_for(kind: str, table: str, directory: Path, **extra: Any):
+    databases = {
+        "mysql": {"dbtype": "mysql", "connectionstring": "127.0.0.1,3306@test", "username": "root", "table": table},
+        "postgresql": {"dbtype": "pgsql", "connectionstring": "127.0.0.1,5432@test", "username": "postgres",
+                       "table": table},
+        "sqlite": {"dbtype": "sqlite", "connectionstring": str(directory / f"{table}.sqlite"), "table": table},
+    }
+    cdr: dict[str, Any] = {"details": True, "fields": FIELDS, "spool_dir": str(directory / f"spool-{table}")}
+    if kind == "redis":
+        cdr["redis"] = {"list": f"bench:{table}", "channel": f"bench:{table}"}
+    else:
+        cdr["database"] = dict(databases[kind], **extra)
+    return parse_config({"cdr": cdr}, Paths(str(directory), str(directory), str(directory)))
+
+
+def sql_sink(config) -> SqlSink:
+    database = config.databases[0]
+    sink = SqlSink(dialect_for(database.dbtype), database, table_columns(config))
+    sink.open()
+    return sink
+
+
+def drop(sink: SqlSink) -> None:
+    cursor = sink.connection.cursor()
+    cursor.execute(f"DROP TABLE IF EXISTS {sink.config.table}")
+    sink.connection.commit()
+
+
+def raw_batched(config, records: list[dict]) -> float:
+    """Records/s of a plain executemany in batches of 500 with the same statement and rows."""
+    sink = sql_sink(config)
+    rows = sink.rows(records)
+    started = time.perf_counter()
+    cursor = sink.connection.cursor()
+    for start in range(0, len(rows), 500):
+        cursor.executemany(sink.statement, rows[start:start + 500])
+        sink.connection.commit()
+    elapsed = time.perf_counter() - started
+    drop(sink)
+    sink.close()
+    return len(rows) / elapsed
+
+
+def raw_per_call(config, records: list[dict]) -> float:
+    """Records/s of one INSERT and one commit per record, as mod_cdr_sqlite/mod_odbc_cdr do."""
+    sink = sql_sink(config)
+    rows = sink.rows(records)
+    started = time.perf_counter()
+    cursor = sink.connection.cursor()
+    for row in rows:
+        cursor.execute(sink.statement, row)
+        sink.connection.commit()
+    elapsed = time.perf_counter() - started
+    drop(sink)
+    sink.close()
+    return len(rows) / elapsed
+
+
+def raw_redis(config, records: list[dict]) -> float:
+    import redis
+
+    client = redis.Redis()
+    key = config.redis.list
+    started = time.perf_counter()
+    for start in range(0, len(records), 500):
+        documents = [payload(record) for record in records[start:start + 500]]
+        pipe = client.pipeline(transaction=False)
+        pipe.lpush(key, *documents)
+        for document in documents:
+            pipe.publish(key, document)
+        pipe.execute()
+    elapsed = time.perf_counter() - started
+    client.delete(key)
+    return len(records) / elapsed
+
+
+def fs_cdr_end_to_end(config, stream: list[bytes]) -> float:
+    """Records/s from JSON text to committed rows, through the real engine."""
+    if config.databases:
+        sink = sql_sink(config)  # create the table outside the timing
+        sink.close()
+    engine = Engine(config).start()
+    time.sleep(0.2)
+    started = time.perf_counter()
+    for text in stream:
+        engine.handle(decode_event(text))
+    assert engine.flush(600), engine.status()
+    elapsed = time.perf_counter() - started
+    status = engine.status()["sinks"][0]
+    engine.stop()
+    assert status["written"] == len(stream), status
+    if config.databases:
+        sink = sql_sink(config)
+        drop(sink)
+        sink.close()
+    else:
+        import redis
+
+        redis.Redis().delete(config.redis.list)
+    return len(stream) / elapsed
+
+
+def source_stage(config, stream: list[bytes]) -> float:
+    builder = RecordBuilder(config)
+    started = time.perf_counter()
+    for text in stream:
+        builder.build(decode_event(text))
+    return len(stream) / (time.perf_counter() - started)
+
+
+def latency(config, stream: list[bytes], rate: float = 500.0) -> tuple[float, float, float]:
+    """p50/p99/max ms from handle() (the hangup popped) to the commit that made the row visible."""
+    sink = sql_sink(config)
+    sink.close()
+    committed: dict[str, float] = {}
+    original = SqlSink.write
+
+    def timed_write(self, records):
+        original(self, records)
+        now = time.perf_counter()
+        for record in records:
+            committed[record["uuid"]] = now
+
+    SqlSink.write = timed_write
+    offered: dict[str, float] = {}
+    try:
+        engine = Engine(config).start()
+        time.sleep(0.2)
+        start = time.perf_counter()
+        for index, text in enumerate(stream):
+            pause = start + index / rate - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            event = decode_event(text)
+            offered[event["Unique-ID"]] = time.perf_counter()
+            engine.handle(event)
+        engine.flush(60)
+        engine.stop()
+    finally:
+        SqlSink.write = original
+    delays = sorted((committed[key] - offered[key]) * 1000 for key in offered)
+    sink = sql_sink(config)
+    drop(sink)
+    sink.close()
+    return statistics.median(delays), delays[int(len(delays) * 0.99) - 1], delays[-1]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_queued(directory: Path, stream: list[bytes]) -> tuple[float, float]:
+    """Bytes per queued record and peak RSS with len(stream) records held for an unreachable database."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: connection refused
+    config = parse_config({"cdr": {"details": True, "fields": FIELDS, "spool_dir": str(directory / "spool-mem"),
+                                   "durable_window_ms": 600000, "database": {
+                                       "dbtype": "mysql", "connectionstring": f"127.0.0.1,{port}@test",
+                                       "queue_size": len(stream) + 1}}})
+    engine = Engine(config).start()
+    gc.collect()
+    before = rss_mb()
+    for text in stream:
+        engine.handle(decode_event(text))
+    gc.collect()
+    after = rss_mb()
+    queued = engine.status()["sinks"][0]["queued"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    engine.guard.stop()
+    for lane in engine.lanes:
+        for writer in lane.writers:
+            writer.stop()
+        lane.spool.close()
+    assert queued == len(stream), queued
+    return (after - before) * 2**20 / len(stream), peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--freeswitch-calls", type=int, default=2000)
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="fs_cdr_bench-"))
+    stream = recorded_stream(args.records)
+    probe = config_for("sqlite", "probe", directory)
+    builder = RecordBuilder(probe)
+    records = [builder.build(decode_event(text)) for text in stream]
+    size = sum(len(text) for text in stream) / len(stream)
+    print(f"fs_cdr benchmark {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} cores, "
+          f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, Python {platform.python_version()}")
+    print(f"{args.records} hangup events, {size / 1024:.1f} KB each (200 channel variables), details on, "
+          f"{len(FIELDS)} fields\n")
+    lines = []
+
+    def row(name: str, value: str, ratio: str = "", target: str = "") -> None:
+        lines.append((name, value, ratio, target))
+        print(f"{name:<52}{value:>16}{ratio:>10}  {target}", flush=True)
+
+    print(f"{'measure':<52}{'value':>16}{'ratio':>10}  target")
+    per_call_n = min(2000, args.records)
+    for kind, target in (("mysql", 0.9), ("postgresql", 0.9), ("sqlite", None)):
+        table = f"bench_{kind}_{uuidlib.uuid4().hex[:6]}"
+        raw = raw_batched(config_for(kind, table + "r", directory), records)
+        row(f"{kind}: raw executemany, batches of 500", f"{raw:,.0f} rec/s")
+        single = raw_per_call(config_for(kind, table + "s", directory), records[:per_call_n])
+        row(f"{kind}: one INSERT+commit per call (C modules)", f"{single:,.0f} rec/s", f"{single / raw:.2f}")
+        ours = fs_cdr_end_to_end(config_for(kind, table + "e", directory), stream)
+        row(f"{kind}: fs_cdr end to end", f"{ours:,.0f} rec/s", f"{ours / raw:.2f}",
+            f">= {target}" if target else "")
+    raw = raw_redis(config_for("redis", "raw", directory), records)
+    row("redis: raw pipelined LPUSH+PUBLISH, batches of 500", f"{raw:,.0f} rec/s")
+    ours = fs_cdr_end_to_end(config_for("redis", f"e{uuidlib.uuid4().hex[:6]}", directory), stream)
+    row("redis: fs_cdr end to end", f"{ours:,.0f} rec/s", f"{ours / raw:.2f}", ">= 0.8")
+    rate = source_stage(probe, stream)
+    row("source stage alone (JSON -> record), one core", f"{rate:,.0f} ev/s", "", ">= 20,000")
+    p50, p99, worst = latency(config_for("mysql", f"bench_lat_{uuidlib.uuid4().hex[:6]}", directory),
+                              stream[: min(len(stream), 5000)])
+    row("mysql: hangup -> row visible at 500 rec/s, p50", f"{p50:.1f} ms")
+    row("mysql: hangup -> row visible at 500 rec/s, p99", f"{p99:.1f} ms", "", "<= 200 ms")
+    memory_stream = recorded_stream(100_000)
+    per_record, peak = memory_queued(directory, memory_stream)
+    row("memory per queued record (100,000 queued, db down)", f"{per_record / 1024:.1f} KB")
+    row("peak RSS of the benchmark process", f"{peak:,.0f} MB")
+    del memory_stream
+    if args.freeswitch_calls:
+        from bench.freeswitch import freeswitch_rows
+
+        for name, value, ratio, target in freeswitch_rows(directory, args.freeswitch_calls):
+            row(name, value, ratio, target)
+    shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

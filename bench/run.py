@@ -150,6 +150,9 @@ def fs_cdr_end_to_end(config, stream: list[bytes]) -> float:
     time.sleep(0.2)
     started = time.perf_counter()
     for text in stream:
+        # Inside FreeSWITCH every event comes from EventConsumer.pop(), a C call that releases the
+        # GIL; time.sleep(0) does the same here, so the writer threads get the GIL as they would there.
+        time.sleep(0)
         engine.handle(decode_event(text))
     assert engine.flush(600), engine.status()
     elapsed = time.perf_counter() - started

@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any, Optional
 
-from .channel import VARIABLE_PREFIX, Headers, dumps, header, variable
+from .channel import VARIABLE_PREFIX, Headers, dumpb, dumps, header, loads, variable
 from .config import CdrConfig
 from .fields import Value, to_number
 from .schema import SHORT_LIMIT, STANDARD_COLUMNS, TEXT_LIMIT
@@ -186,3 +186,22 @@ class RecordBuilder:
             return _NOT_VARIABLE
         name = key[len(VARIABLE_PREFIX):]
         return (name, bool(self._secret is not None and self._secret.match(name.lower())))
+
+
+def record_json(record: CallRecord) -> bytes:
+    """A record as one JSON document with ``details`` as a nested object: what Redis carries and
+    what the spool stores. ``details`` is already JSON text, so it is spliced in, not escaped again."""
+    details = record.get("details")
+    if not isinstance(details, str):
+        return dumpb(record)
+    head = dumpb({name: value for name, value in record.items() if name != "details"})
+    return head[:-1] + b',"details":' + details.encode("utf-8", "surrogatepass") + b"}"
+
+
+def record_from_json(text: bytes) -> CallRecord:
+    """The inverse of :func:`record_json`: ``details`` back to the same JSON text."""
+    record = loads(text)
+    details = record.get("details")
+    if isinstance(details, (dict, list)):
+        record["details"] = dumps(details)
+    return record

@@ -19,9 +19,8 @@ import threading
 from dataclasses import dataclass
 from typing import IO, Iterable, Optional
 
-from .channel import dumpb, loads
 from .errors import CdrError
-from .record import CallRecord
+from .record import CallRecord, record_from_json, record_json
 
 log = logging.getLogger("fs_cdr.spool")
 
@@ -95,7 +94,7 @@ class Spool:
 
     def append(self, records: Iterable[CallRecord]) -> int:
         """Write records to disk and fsync; returns how many. Only then are they safe."""
-        data = b"".join(dumpb(record) + b"\n" for record in records)
+        data = b"".join(record_json(record) + b"\n" for record in records)
         if not data:
             return 0
         count = data.count(b"\n")
@@ -164,7 +163,7 @@ class Spool:
                         log.warning("spool %s: skipped a torn last line (%d bytes) left by a crash", path, len(line))
                         break
                     try:
-                        records.append(loads(line))
+                        records.append(record_from_json(line))
                     except ValueError:
                         log.error("spool %s: skipped an unreadable line at byte %d", path, end - len(line))
                         self.pending = max(0, self.pending - 1)
@@ -228,7 +227,7 @@ class Journal:
 
     def append(self, records: list[CallRecord]) -> int:
         """Append and fsync; returns the segment number to :meth:`release` against."""
-        data = b"".join(dumpb(record) + b"\n" for record in records)
+        data = b"".join(record_json(record) + b"\n" for record in records)
         with self._lock:
             if self._handle is None or self._active_bytes > SEGMENT_BYTES:
                 self._roll()

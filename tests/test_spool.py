@@ -180,3 +180,13 @@ def test_journal_left_by_a_crash_is_replayed_at_the_next_start(tmp_path) -> None
         assert sorted(state["rows"]) == ["crashed-1", "crashed-2"]
     finally:
         again.stop(1.0)
+
+
+def test_spooled_details_come_back_as_the_same_text(tmp_path) -> None:
+    from fs_cdr.channel import dumps
+
+    details = dumps({"caller_id_name": "\"O'Brien\" \\ 张伟 \u202e😀", "empty": "", "n": "1"})
+    spool = Spool(str(tmp_path))
+    spool.append([{"uuid": "d1", "billsec": 3, "details": details}, {"uuid": "d2", "details": None}])
+    ticket, records = spool.take(10)
+    assert records == [{"uuid": "d1", "billsec": 3, "details": details}, {"uuid": "d2", "details": None}]

@@ -9,19 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..channel import dumpb
 from ..config import RedisConfig
 from ..errors import RetriableError
-from ..record import CallRecord
+from ..record import CallRecord, record_json
 
 
 def payload(record: CallRecord) -> bytes:
     """The JSON document for one record: its columns, with ``details`` as an object."""
-    details = record.get("details")
-    if not isinstance(details, str):
-        return dumpb(record)
-    head = dumpb({name: value for name, value in record.items() if name != "details"})
-    return head[:-1] + b',"details":' + details.encode("utf-8", "surrogatepass") + b"}"
+    return record_json(record)
 
 
 class RedisSink:

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from fs_cdr.channel import decode_event, dumps  # noqa: E402
 from fs_cdr.config import Paths, parse_config  # noqa: E402
@@ -215,6 +216,62 @@ def latency(config, stream: list[bytes], rate: float = 500.0) -> tuple[float, fl
     return statistics.median(delays), delays[int(len(delays) * 0.99) - 1], delays[-1]
 
 
+def durability_window(directory: Path, stream: list[bytes], rate: float = 500.0) -> tuple[float, float, float]:
+    """p50/p99/max ms from handle() until a record is on disk (journal or spool fsynced) or committed,
+    with a database that accepts connections and never answers (the worst case: nothing fails fast)."""
+    from fs_cdr.spool import Journal, Spool
+
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(64)
+    port = stalled.getsockname()[1]
+    durable: dict[str, float] = {}
+    originals = (Journal.append, Spool.append)
+
+    def journal_append(self, records):
+        result = originals[0](self, records)
+        now = time.perf_counter()
+        for record in records:
+            durable.setdefault(record["uuid"], now)
+        return result
+
+    def spool_append(self, records):
+        records = list(records)
+        result = originals[1](self, records)
+        now = time.perf_counter()
+        for record in records:
+            durable.setdefault(record["uuid"], now)
+        return result
+
+    Journal.append, Spool.append = journal_append, spool_append
+    offered: dict[str, float] = {}
+    try:
+        config = parse_config({"cdr": {"details": True, "fields": FIELDS, "spool_dir": str(directory / "spool-dw"),
+                                       "database": {"dbtype": "mysql", "connectionstring": f"127.0.0.1,{port}@test",
+                                                    "timeout_s": 5}}})
+        engine = Engine(config).start()
+        start = time.perf_counter()
+        for index, text in enumerate(stream):
+            pause = start + index / rate - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            event = decode_event(text)
+            offered[event["Unique-ID"]] = time.perf_counter()
+            engine.handle(event)
+        time.sleep(1.0)
+        engine.guard.stop()
+        for lane in engine.lanes:
+            for writer in lane.writers:
+                writer.stop()
+            lane.journal.close()
+            lane.spool.close()
+    finally:
+        Journal.append, Spool.append = originals
+        stalled.close()
+    delays = sorted((durable[key] - offered[key]) * 1000 for key in offered)
+    return statistics.median(delays), delays[int(len(delays) * 0.99) - 1], delays[-1]
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -290,13 +347,16 @@ def main() -> int:
                               stream[: min(len(stream), 5000)])
     row("mysql: hangup -> row visible at 500 rec/s, p50", f"{p50:.1f} ms")
     row("mysql: hangup -> row visible at 500 rec/s, p99", f"{p99:.1f} ms", "", "<= 200 ms")
+    p50, p99, worst = durability_window(directory, stream[: min(len(stream), 3000)])
+    row("durability window, db never answers, p50", f"{p50:.0f} ms")
+    row("durability window, db never answers, p99 / max", f"{p99:.0f} / {worst:.0f} ms", "", "aim 200 ms")
     memory_stream = recorded_stream(100_000)
     per_record, peak = memory_queued(directory, memory_stream)
     row("memory per queued record (100,000 queued, db down)", f"{per_record / 1024:.1f} KB")
     row("peak RSS of the benchmark process", f"{peak:,.0f} MB")
     del memory_stream
     if args.freeswitch_calls:
-        from bench.freeswitch import freeswitch_rows
+        from switch_cost import freeswitch_rows
 
         for name, value, ratio, target in freeswitch_rows(directory, args.freeswitch_calls):
             row(name, value, ratio, target)

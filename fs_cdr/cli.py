@@ -4,6 +4,10 @@
     fs-cdr schema [-c cdr.json] [--dbtype T]    print CREATE TABLE for the configured table and fields
     fs-cdr check [-c cdr.json]                  validate cdr.json and connect to every sink
     fs-cdr replay [-c cdr.json]                 write the spooled records now (FreeSWITCH stopped)
+    fs-cdr import [-c cdr.json] PATH...         backfill from mod_json_cdr / mod_xml_cdr files or folders
+    fs-cdr tail [-c cdr.json] [--list]          print records as they arrive on the Redis channel (or list)
+    fs-cdr status [-c cdr.json] [--json|--prometheus FILE]   a running FreeSWITCH's fs_cdr, over the event socket
+    fs-cdr run [-c cdr.json] [--esl HOST:PORT]  the engine as a sidecar, fed by FreeSWITCH's event socket
 
 Outside FreeSWITCH, FreeSWITCH's db and storage directories default to ``var/`` beside cdr.json.
 """
@@ -11,6 +15,7 @@ Outside FreeSWITCH, FreeSWITCH's db and storage directories default to ``var/`` 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -40,7 +45,7 @@ def load(path: str) -> CdrConfig:
 def _show_rows(config: CdrConfig, uuids: list[str]) -> None:
     columns = table_columns(config)
     for database in config.databases:
-        dialect = dialect_for(database.dbtype)
+        dialect = dialect_for(database.dbtype, database)
         if dialect is None:
             continue
         sink = SqlSink(dialect, database, columns)
@@ -82,13 +87,26 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     config = load(args.config)
+    if args.apply:
+        columns = table_columns(config)
+        for database in config.databases:
+            sink = SqlSink(dialect_for(database.dbtype, database), database, columns)
+            try:
+                statements = sink.apply_schema()
+            finally:
+                sink.close()
+            for statement in statements:
+                print(f"-- {database.name}: applied\n{statement};")
+            if not statements:
+                print(f"-- {database.name}: table {database.table} already has every column")
+        return 0
     dbtypes = [DBTYPES[args.dbtype]] if args.dbtype else [database.dbtype for database in config.databases]
     if not dbtypes:
         print("no database configured; pass --dbtype", file=sys.stderr)
         return 2
     table = config.databases[0].table if config.databases else "cdr"
     for dbtype in dbtypes:
-        dialect = dialect_for(dbtype)
+        dialect = dialect_for(dbtype, next((database for database in config.databases if database.dbtype == dbtype), None))
         if dialect is None:
             print(f"-- {dbtype}: not supported by this build", file=sys.stderr)
             return 2
@@ -138,6 +156,150 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+class Progress:
+    """A one-line progress bar on stderr (only when it is a terminal, or when asked)."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.show = sys.stderr.isatty()
+
+    def step(self, count: int = 1) -> None:
+        self.done += count
+        if self.show and (self.done == self.total or self.done % 50 == 0):
+            width = 30
+            filled = int(width * self.done / max(1, self.total))
+            print(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}",
+                  end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.show:
+            print(file=sys.stderr)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Backfill: each file through the record builder and every sink; upserts make it idempotent."""
+    from .cdr_files import CdrFileError, cdr_paths, read_cdr_file
+
+    config = load(args.config)
+    paths = list(cdr_paths(args.paths))
+    engine = Engine(config).start()
+    progress = Progress(len(paths), "importing")
+    imported = skipped = 0
+    bad: list[str] = []
+    for path in paths:
+        try:
+            headers = read_cdr_file(path)
+        except (OSError, CdrFileError) as error:
+            bad.append(f"{path}: {error}")
+        else:
+            if engine.handle(headers) is None:
+                skipped += 1
+            else:
+                imported += 1
+        progress.step()
+    progress.close()
+    flushed = engine.flush(args.timeout)
+    status = engine.status()
+    engine.stop()
+    for line in bad:
+        print(f"skipped {line}", file=sys.stderr)
+    print(f"{len(paths)} files: {imported} records read, {skipped} legs left out by process_cdr or the "
+          f"skip variable, {len(bad)} bad files")
+    for sink in status["sinks"]:
+        print(f"  {sink['sink']}: {sink['written']} written, {sink['rejected']} refused, {sink['spooled']} spooled")
+    return 1 if bad or not flushed else 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    import redis
+
+    config = load(args.config)
+    if config.redis is None:
+        print("no redis section in the configuration", file=sys.stderr)
+        return 2
+    settings = config.redis
+    client = redis.Redis(host=settings.host, port=settings.port, db=settings.db,
+                         username=settings.username or None, password=settings.password or None)
+    shown = 0
+    try:
+        if args.list or not settings.channel:
+            while args.count is None or shown < args.count:
+                item = client.brpop([settings.list], timeout=1)
+                if item is not None:
+                    print(item[1].decode("utf-8", "replace"), flush=True)
+                    shown += 1
+        else:
+            pubsub = client.pubsub()
+            pubsub.subscribe(settings.channel)
+            while args.count is None or shown < args.count:
+                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    print(message["data"].decode("utf-8", "replace"), flush=True)
+                    shown += 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _esl_address(text: Optional[str], config: CdrConfig) -> tuple[str, int]:
+    if not text:
+        return config.event_socket.host, config.event_socket.port
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .esl import EslError, EventSocket
+    from .metrics import prometheus
+
+    config = load(args.config)
+    host, port = _esl_address(args.esl, config)
+    try:
+        socket = EventSocket(host, port, config.event_socket.password)
+        answer = socket.api("python fs_cdr status json")
+        socket.close()
+    except (OSError, EslError) as error:
+        print(f"cannot reach FreeSWITCH's event socket at {host}:{port}: {error}", file=sys.stderr)
+        return 2
+    try:
+        status = json.loads(answer)
+    except ValueError:
+        print(answer.strip(), file=sys.stderr)  # e.g. -ERR fs_cdr is not running
+        return 1
+    if args.prometheus:
+        temporary = args.prometheus + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(prometheus(status))
+        os.replace(temporary, args.prometheus)  # the textfile collector never reads a half file
+    elif args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_status(status), end="")
+    return 0 if all(sink["healthy"] for sink in status["sinks"]) else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import signal
+    import threading
+
+    from .sidecar import run_sidecar
+
+    config = load(args.config)
+    host, port = _esl_address(args.esl, config)
+    socket_config = dataclasses.replace(config.event_socket, host=host, port=port)
+    engine = Engine(config).start()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        run_sidecar(engine, socket_config, stop)
+    finally:
+        spooled = engine.stop()
+        print(f"stopped; {spooled} records spooled", file=sys.stderr)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fs-cdr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -151,13 +313,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     play_parser.set_defaults(run=cmd_play)
     schema_parser = commands.add_parser("schema", help="print CREATE TABLE for the configured table")
     schema_parser.add_argument("--dbtype", choices=sorted(DBTYPES))
+    schema_parser.add_argument("--apply", action="store_true", help="create the table or add missing columns")
     schema_parser.set_defaults(run=cmd_schema)
     check_parser = commands.add_parser("check", help="validate cdr.json and connect to every sink")
     check_parser.set_defaults(run=cmd_check)
     replay_parser = commands.add_parser("replay", help="write the spooled records now")
     replay_parser.add_argument("--timeout", type=float, default=300.0, help="seconds to keep trying")
     replay_parser.set_defaults(run=cmd_replay)
-    for sub in (play_parser, schema_parser, check_parser, replay_parser):
+    import_parser = commands.add_parser("import", help="backfill from mod_json_cdr / mod_xml_cdr files")
+    import_parser.add_argument("paths", nargs="+", help="files or folders (walked) of .cdr.json/.cdr.xml")
+    import_parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the sinks")
+    import_parser.set_defaults(run=cmd_import)
+    tail_parser = commands.add_parser("tail", help="print records as they arrive on Redis")
+    tail_parser.add_argument("--list", action="store_true", help="pop from the list instead of the channel")
+    tail_parser.add_argument("--count", type=int, help="stop after this many records")
+    tail_parser.set_defaults(run=cmd_tail)
+    status_parser = commands.add_parser("status", help="fs_cdr's status in a running FreeSWITCH")
+    status_parser.add_argument("--esl", help="HOST:PORT of the event socket (default from cdr.json)")
+    status_parser.add_argument("--json", action="store_true")
+    status_parser.add_argument("--prometheus", metavar="FILE", help="write the counters for a textfile collector")
+    status_parser.set_defaults(run=cmd_status)
+    run_parser = commands.add_parser("run", help="run the engine beside FreeSWITCH, fed by its event socket")
+    run_parser.add_argument("--esl", help="HOST:PORT of the event socket (default from cdr.json)")
+    run_parser.set_defaults(run=cmd_run)
+    for sub in (play_parser, schema_parser, check_parser, replay_parser, import_parser, tail_parser,
+                status_parser, run_parser):
         sub.add_argument("-c", "--config", default=argparse.SUPPRESS, help="path of cdr.json")
     args = parser.parse_args(argv)
     logging.basicConfig(

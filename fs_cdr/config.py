@@ -95,6 +95,15 @@ class RedisConfig:
 
     channel: str = ""
     list: str = ""
+    #: XADD onto this stream (one entry per record, fields ``uuid`` and ``record``)
+    stream: str = ""
+    #: approximate MAXLEN for the stream (``XADD ... MAXLEN ~ N``); 0 keeps every entry
+    stream_maxlen: int = 1_000_000
+    #: Redis Cluster: the host/port given is any node of it
+    cluster: bool = False
+    #: Sentinel-managed Redis: ``[[host, port], ...]`` of the sentinels, and the service's name
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str = ""
     host: str = "127.0.0.1"
     port: int = 6379
     db: int = 0
@@ -109,7 +118,42 @@ class RedisConfig:
             targets.append(f"list {self.list}")
         if self.channel:
             targets.append(f"channel {self.channel}")
-        return f"redis://{self.host}:{self.port}/{self.db} " + ", ".join(targets)
+        if self.stream:
+            targets.append(f"stream {self.stream}")
+        where = (f"sentinel {self.service_name}" if self.sentinels
+                 else f"redis{'-cluster' if self.cluster else ''}://{self.host}:{self.port}/{self.db}")
+        return f"{where} " + ", ".join(targets)
+
+
+@dataclass(frozen=True)
+class RabbitConfig:
+    """The ``rabbitmq`` object: persistent messages to an exchange, counted written on publisher confirm."""
+
+    host: str = "127.0.0.1"
+    port: int = 5672
+    virtual_host: str = "/"
+    username: str = "guest"
+    password: str = field(default="guest", repr=False)
+    exchange: str = "cdr"
+    exchange_type: str = "topic"
+    #: routing key, literal or a template of record columns: ``cdr.${direction}.${switchname}``
+    routing_key: tuple[str, ...] = ("cdr",)
+    routing_key_source: str = "cdr"
+    declare: bool = True
+    name: str = "rabbitmq"
+    batch: BatchSettings = BatchSettings()
+
+    def describe(self) -> str:
+        return f"amqp://{self.host}:{self.port}{self.virtual_host} exchange {self.exchange} key {self.routing_key_source}"
+
+
+@dataclass(frozen=True)
+class EventSocketConfig:
+    """Where the sidecar (``fs-cdr run``) and ``fs-cdr status`` reach FreeSWITCH's event socket."""
+
+    host: str = "127.0.0.1"
+    port: int = 8021
+    password: str = field(default="ClueCon", repr=False)
 
 
 @dataclass(frozen=True)
@@ -120,6 +164,7 @@ class CdrConfig:
     fields: tuple[FieldSpec, ...] = ()
     databases: tuple[DatabaseConfig, ...] = ()
     redis: Optional[RedisConfig] = None
+    rabbitmq: Optional[RabbitConfig] = None
     log: bool = False
     #: The channel variable that, set to true on a channel, keeps it out of every sink.
     skip_variable: str = "fs_cdr_skip"
@@ -129,6 +174,7 @@ class CdrConfig:
     spool_dir: str = ""
     #: A record popped from FreeSWITCH is in its sink or fsynced to the spool within this window.
     durable_window_ms: int = 200
+    event_socket: EventSocketConfig = EventSocketConfig()
     source: str = ""
 
     @property
@@ -236,6 +282,8 @@ def _batch(section: _Section, defaults: BatchSettings) -> BatchSettings:
     )
 
 
+#: Oracle's Easy Connect without a protocol: host[:port]/service
+_EASY_CONNECT = re.compile(r"^(?P<host>[^,@/:\s]+)(?::(?P<port>\d{1,5}))?/(?P<database>[^@/\s]+)$")
 _SEED_ADDRESS = re.compile(r"^(?:tcp:)?(?P<host>[^,@/\s]+)(?:,(?P<port>\d{1,5}))?@(?P<database>[^@\s]+)$")
 
 
@@ -274,11 +322,12 @@ def _parse_connection(dbtype: str, text: str, path: str, paths: Paths) -> dict[s
             "password": unquote(url.password or ""),
             "options": dict(parse_qsl(url.query)),
         }
-    match = _SEED_ADDRESS.match(text)
+    match = _SEED_ADDRESS.match(text) or (_EASY_CONNECT.match(text) if dbtype == "oracle" else None)
     if not match:
         raise ConfigError(path, f"expected 'host,port@dbname' or a URL, got {text[:60]!r}")
+    # dbtype odbc has no port of its own: 0 lets its dialect pick the usual one
     port = int(match.group("port") or DEFAULT_PORTS.get(dbtype, 0))
-    if not 0 < port < 65536:
+    if not 0 <= port < 65536 or (port == 0 and dbtype != "odbc"):
         raise ConfigError(path, f"port {port} is out of range")
     return {"host": match.group("host"), "port": port, "database": match.group("database")}
 
@@ -333,9 +382,23 @@ def _redis(value: object, path: str) -> RedisConfig:
         number = url.path.lstrip("/")
         db = int(number) if number.isdigit() else 0
         username, password = unquote(url.username or ""), unquote(url.password or "")
+    sentinels_raw = section.get("sentinels") or []
+    sentinels = []
+    if not isinstance(sentinels_raw, list):
+        raise ConfigError(section.key("sentinels"), "expected a list of [host, port] pairs")
+    for index, pair in enumerate(sentinels_raw):
+        if (not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], str)
+                or isinstance(pair[1], bool) or not isinstance(pair[1], int)):
+            raise ConfigError(f"{section.key('sentinels')}[{index}]", "expected [\"host\", port]")
+        sentinels.append((pair[0], pair[1]))
     config = RedisConfig(
         channel=section.text("channel"),
         list=section.text("list"),
+        stream=section.text("stream"),
+        stream_maxlen=section.integer("stream_maxlen", 1_000_000, 0, 10**12),
+        cluster=section.boolean("cluster", False),
+        sentinels=tuple(sentinels),
+        service_name=section.text("service_name"),
         host=section.text("host", host),
         port=section.integer("port", port, 1, 65535),
         db=section.integer("db", db, 0, 1_000_000),
@@ -345,8 +408,80 @@ def _redis(value: object, path: str) -> RedisConfig:
         batch=_batch(section, BatchSettings()),
     )
     section.done()
-    if not config.channel and not config.list:
-        raise ConfigError(path, "set 'list' (LPUSH) and/or 'channel' (PUBLISH), or leave redis out")
+    if not config.channel and not config.list and not config.stream:
+        raise ConfigError(path, "set 'list' (LPUSH), 'channel' (PUBLISH) and/or 'stream' (XADD), or leave redis out")
+    if config.sentinels and not config.service_name:
+        raise ConfigError(section.key("service_name"), "sentinels need the name of the service they watch")
+    if config.sentinels and config.cluster:
+        raise ConfigError(section.key("cluster"), "a Redis is either a cluster or watched by sentinels, not both")
+    return config
+
+
+_COLUMN_REFERENCE = re.compile(r"\$\{([^{}]*)\}")
+
+
+def parse_routing_key(text: str, path: str) -> tuple[str, ...]:
+    """A routing key template of record columns, ``cdr.${direction}``, as alternating literal text and
+    column names (the same shape as a ``fields`` template)."""
+    parts: list[str] = []
+    position = 0
+    for match in _COLUMN_REFERENCE.finditer(text):
+        parts.append(text[position:match.start()])
+        if not IDENTIFIER.match(match.group(1)):
+            raise ConfigError(path, f"${{{match.group(1)}}} is not a column name")
+        parts.append(match.group(1))
+        position = match.end()
+    parts.append(text[position:])
+    if any("$" in literal or "{" in literal or "}" in literal for literal in parts[0::2]):
+        raise ConfigError(path, f"unbalanced ${{...}} in {text!r}")
+    if len(text.encode()) > 255:
+        raise ConfigError(path, "a routing key is at most 255 bytes")
+    return tuple(parts)
+
+
+def _rabbitmq(value: object, path: str) -> RabbitConfig:
+    section = _Section(path, value)
+    host, port, vhost, username, password = "127.0.0.1", 5672, "/", "guest", "guest"
+    url_text = section.text("url")
+    if url_text:
+        url = urlsplit(url_text)
+        if url.scheme not in ("amqp", "amqps") or not url.hostname:
+            raise ConfigError(section.key("url"), "expected amqp://user:password@host:5672/vhost")
+        host, port = url.hostname, url.port or 5672
+        vhost = unquote(url.path[1:]) if len(url.path) > 1 else "/"
+        username, password = unquote(url.username or "guest"), unquote(url.password or "guest")
+    routing_key = section.text("routing_key", "cdr")
+    exchange_type = section.text("exchange_type", "topic")
+    if exchange_type not in ("topic", "direct", "fanout", "headers"):
+        raise ConfigError(section.key("exchange_type"), "one of topic, direct, fanout, headers")
+    config = RabbitConfig(
+        host=section.text("host", host),
+        port=section.integer("port", port, 1, 65535),
+        virtual_host=section.text("virtual_host", vhost),
+        username=section.text("username", username),
+        password=section.text("password", password),
+        exchange=section.text("exchange", "cdr"),
+        exchange_type=exchange_type,
+        routing_key=parse_routing_key(routing_key, section.key("routing_key")),
+        routing_key_source=routing_key,
+        declare=section.boolean("declare", True),
+        name=section.text("name", "rabbitmq"),
+        batch=_batch(section, BatchSettings()),
+    )
+    section.done()
+    return config
+
+
+def _event_socket(value: object, path: str) -> EventSocketConfig:
+    if value is None:
+        return EventSocketConfig()
+    section = _Section(path, value)
+    config = EventSocketConfig(
+        host=section.text("host", "127.0.0.1"),
+        port=section.integer("port", 8021, 1, 65535),
+        password=section.text("password", "ClueCon"),
+    )
+    section.done()
     return config
 
 
@@ -370,6 +505,8 @@ def parse_config(document: object, paths: Paths = Paths(), source: str = "") -> 
         databases = (_database(raw_databases, "cdr.database", paths, 0, base),)
     raw_redis = section.get("redis")
     redis = _redis(raw_redis, "cdr.redis") if raw_redis is not None else None
+    raw_rabbitmq = section.get("rabbitmq")
+    rabbitmq = _rabbitmq(raw_rabbitmq, "cdr.rabbitmq") if raw_rabbitmq is not None else None
     process_cdr = section.text("process_cdr", "true")
     if process_cdr not in PROCESS_CDR_VALUES:
         raise ConfigError(section.key("process_cdr"), f"one of {', '.join(PROCESS_CDR_VALUES)}")
@@ -379,21 +516,23 @@ def parse_config(document: object, paths: Paths = Paths(), source: str = "") -> 
         fields=parse_fields(section.get("fields") or [], "cdr.fields"),
         databases=databases,
         redis=redis,
+        rabbitmq=rabbitmq,
         log=section.boolean("log", False),
         skip_variable=section.text("skip_variable", "fs_cdr_skip"),
         process_cdr=process_cdr,
         secret_variables=section.strings("secret_variables", DEFAULT_SECRET_VARIABLES),
         spool_dir=os.path.join(base, spool_dir),
         durable_window_ms=section.integer("durable_window_ms", 200, 20, 600_000),
+        event_socket=_event_socket(section.get("event_socket"), "cdr.event_socket"),
         source=source,
     )
     section.done()
-    names = [sink.name for sink in databases] + ([redis.name] if redis else [])
+    names = [sink.name for sink in databases] + ([redis.name] if redis else []) + ([rabbitmq.name] if rabbitmq else [])
     for name in names:
         if names.count(name) > 1 or not IDENTIFIER.match(name):
             raise ConfigError("cdr.database", f"sink name {name!r} must be unique and letters, digits and _")
     if not names and not config.log:
-        raise ConfigError("cdr", "no sink: configure 'database', 'redis' or \"log\": true")
+        raise ConfigError("cdr", "no sink: configure 'database', 'redis', 'rabbitmq' or \"log\": true")
     return config
 
 
@@ -434,4 +573,7 @@ def config_secrets(config: CdrConfig) -> tuple[str, ...]:
     values += [database.odbc for database in config.databases]
     if config.redis:
         values.append(config.redis.password)
+    values.append(config.event_socket.password)
+    if config.rabbitmq and config.rabbitmq.password != "guest":
+        values.append(config.rabbitmq.password)
     return tuple(value for value in values if value)

@@ -31,32 +31,31 @@ class EventSocket:
         if not reply.startswith("+OK"):
             raise EslError(f"authentication failed: {reply}")
 
-    def _read_until(self, marker: bytes) -> bytes:
-        while marker not in self._buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EslError("the event socket closed the connection")
-            self._buffer += chunk
-        head, _, self._buffer = self._buffer.partition(marker)
-        return head
-
-    def _read_exact(self, length: int) -> bytes:
-        while len(self._buffer) < length:
-            chunk = self.sock.recv(max(65536, length - len(self._buffer)))
-            if not chunk:
-                raise EslError("the event socket closed the connection")
-            self._buffer += chunk
-        body, self._buffer = self._buffer[:length], self._buffer[length:]
-        return body
-
-    def _read_message(self) -> tuple[dict[str, str], bytes]:
-        head = self._read_until(b"\n\n")
+    def _parse(self) -> Optional[tuple[dict[str, str], bytes]]:
+        """One whole message from the buffer, or None. Nothing is consumed until a message is
+        complete, so a timeout in the middle of one loses nothing."""
+        head, found, rest = self._buffer.partition(b"\n\n")
+        if not found:
+            return None
         headers: dict[str, str] = {}
         for line in head.decode("utf-8", "replace").splitlines():
             name, _, value = line.partition(":")
             headers[name.strip()] = unquote(value.strip())
         length = int(headers.get("Content-Length", "0") or 0)
-        return headers, self._read_exact(length) if length else b""
+        if len(rest) < length:
+            return None
+        self._buffer = rest[length:]
+        return headers, rest[:length]
+
+    def _read_message(self) -> tuple[dict[str, str], bytes]:
+        while True:
+            message = self._parse()
+            if message is not None:
+                return message
+            chunk = self.sock.recv(262144)
+            if not chunk:
+                raise EslError("the event socket closed the connection")
+            self._buffer += chunk
 
     def _command(self, text: str) -> str:
         self.sock.sendall(text.encode() + b"\n\n")

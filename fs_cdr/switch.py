@@ -33,7 +33,7 @@ log = logging.getLogger("fs_cdr")
 #: The C queue stores pointers, so this costs about 800 KB.
 CONSUMER_QUEUE = 100_000
 THREAD_STACK = 4 * 1024 * 1024
-USAGE = "-USAGE: python fs_cdr status [json] | reload [path] | flush | replay | start [path] | stop"
+USAGE = "-USAGE: python fs_cdr status [json|prometheus] | reload [path] | flush | replay | start [path] | stop"
 
 _lock = threading.RLock()
 _engine: Optional[Engine] = None
@@ -174,7 +174,13 @@ def command(argument: str) -> str:
         return "-ERR fs_cdr is not running (python fs_cdr start [path/to/cdr.json])"
     if name == "status":
         status = engine.status()
-        return dumps(status) if rest == "json" else format_status(status)
+        if rest == "json":
+            return dumps(status)
+        if rest == "prometheus":
+            from .metrics import prometheus
+
+            return prometheus(status)
+        return format_status(status)
     if name == "replay":
         return "+OK " + engine.replay()
     if engine.flush(10.0):

@@ -173,7 +173,9 @@ class SinkWriter:
                 if not everything:
                     self.lane.degrade(f"the sink is failing and records waited more than {window_s * 1000:.0f} ms")
                 return due
-            cutoff = now - window_s
+            # Journal at half the window: with a guard tick of a quarter window and an fsync, the copy
+            # is on disk before the window ends.
+            cutoff = now - window_s / 2
             for entry in entries:
                 if entry.since > cutoff:
                     break

@@ -206,3 +206,46 @@ def test_python_fs_cdr_from_the_dialplan_never_starts_a_second_engine(switch) ->
     log = switch.log_text()
     assert log.count("[fs_cdr] started:") == 1 and log.count("[fs_cdr] consuming") == 1
     assert "already running" in switch.api("python fs_cdr start")
+
+
+def test_fs_cdr_status_through_the_real_event_socket(switch, tmp_path, capsys) -> None:
+    from fs_cdr.cli import main
+
+    path = tmp_path / "cdr.json"
+    path.write_text(json.dumps({"cdr": {"log": True, "event_socket": {"host": "127.0.0.1", "port": 8021}}}))
+    assert main(["-c", str(path), "status", "--json"]) == 0
+    assert {sink["sink"] for sink in json.loads(capsys.readouterr().out)["sinks"]} == {"sqlite", "mysql1", "redis"}
+
+
+def test_sidecar_on_the_real_event_socket_records_the_same_call(switch, tmp_path) -> None:
+    import threading
+
+    from fs_cdr.config import parse_config
+    from fs_cdr.engine import Engine
+    from fs_cdr.sidecar import run_sidecar
+
+    config = parse_config({"cdr": {"database": {"dbtype": "sqlite", "connectionstring": str(tmp_path / "side.sqlite")},
+                                   "spool_dir": str(tmp_path / "spool")}})
+    engine = Engine(config).start()
+    stop = threading.Event()
+    sidecar = threading.Thread(target=run_sidecar, args=(engine, config.event_socket, stop))
+    sidecar.start()
+    try:
+        time.sleep(1)
+        assert switch.phone("1101", name="sidecar").startswith("+OK")
+        in_process = settled_rows(switch, "sidecar", 2)
+
+        def sidecar_rows() -> set:
+            try:
+                connection = sqlite3.connect(str(tmp_path / "side.sqlite"))
+                found = {row[0] for row in connection.execute("SELECT uuid FROM cdr WHERE caller_id_name = 'sidecar'")}
+                connection.close()
+                return found
+            except sqlite3.OperationalError:
+                return set()
+
+        assert switch.wait_until(lambda: sidecar_rows() == set(in_process), 15)
+    finally:
+        stop.set()
+        sidecar.join(5)
+        engine.stop()

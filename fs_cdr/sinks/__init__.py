@@ -30,7 +30,7 @@ def targets(config: CdrConfig) -> list[Target]:
     found: list[Target] = []
     columns = table_columns(config)
     for database in config.databases:
-        dialect = dialect_for(database.dbtype)
+        dialect = dialect_for(database.dbtype, database)
         if dialect is None:
             raise ConfigError("cdr.database.dbtype", f"{database.dbtype} is not supported by this build")
 
@@ -44,6 +44,12 @@ def targets(config: CdrConfig) -> list[Target]:
         redis_config = config.redis
         found.append(Target(redis_config.name, redis_config.describe(), lambda: RedisSink(redis_config),
                             redis_config.batch))
+    if config.rabbitmq is not None:
+        from .rabbitmq import RabbitSink
+
+        rabbit_config = config.rabbitmq
+        found.append(Target(rabbit_config.name, rabbit_config.describe(), lambda: RabbitSink(rabbit_config),
+                            rabbit_config.batch))
     return found
 
 

@@ -1,8 +1,12 @@
-"""Redis: LPUSH each record onto ``list`` and PUBLISH it on ``channel``, one JSON document per record.
+"""Redis: LPUSH each record onto ``list``, PUBLISH it on ``channel`` and XADD it to ``stream``, one JSON
+document per record.
 
 A batch is one pipelined round trip: a single LPUSH carrying every record of the batch (consumers
-that BRPOP the list see them in the order they hung up), then one PUBLISH per record.
+that BRPOP the list see them in the order they hung up), then one PUBLISH and one XADD per record.
 ``details`` travels as a nested JSON object, spliced in as text without decoding it again.
+Stream entries carry the record's ``uuid`` as a field of its own, so consumer groups
+(XREADGROUP/XACK) can deduplicate what a replay sends twice. Redis Cluster and Sentinel-managed
+Redis go through redis-py's own support.
 """
 
 from __future__ import annotations
@@ -29,20 +33,33 @@ class RedisSink:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        timeout = self.config.batch.timeout_s
-        client = redis.Redis(
-            host=self.config.host,
-            port=self.config.port,
-            db=self.config.db,
-            username=self.config.username or None,
-            password=self.config.password or None,
+        settings = self.config
+        timeout = settings.batch.timeout_s
+        common = dict(
+            username=settings.username or None,
+            password=settings.password or None,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            health_check_interval=30,
             # redis-py retries a lost connection by itself for seconds; fs_cdr's writer owns retries
             # (and spools meanwhile), so a failure must surface at once.
             retry=Retry(NoBackoff(), 0),
         )
+        try:
+            if settings.cluster:
+                from redis.cluster import RedisCluster
+
+                client = RedisCluster(host=settings.host, port=settings.port, **common)
+            elif settings.sentinels:
+                from redis.sentinel import Sentinel
+
+                sentinel = Sentinel(list(settings.sentinels), socket_timeout=timeout,
+                                    sentinel_kwargs={"socket_timeout": timeout})
+                client = sentinel.master_for(settings.service_name, db=settings.db, **common)
+            else:
+                client = redis.Redis(host=settings.host, port=settings.port, db=settings.db,
+                                     health_check_interval=30, **common)
+        except Exception as error:
+            raise RetriableError(str(error)) from error
         try:
             client.ping()
         except Exception as error:
@@ -62,6 +79,11 @@ class RedisSink:
             if self.config.channel:
                 for document in documents:
                     pipeline.publish(self.config.channel, document)
+            if self.config.stream:
+                maxlen = self.config.stream_maxlen or None
+                for record, document in zip(records, documents):
+                    pipeline.xadd(self.config.stream, {"uuid": str(record["uuid"]), "record": document},
+                                  maxlen=maxlen, approximate=True)
             pipeline.execute()
         except Exception as error:
             # Nothing a record contains can make LPUSH or PUBLISH fail: every error is the server's.

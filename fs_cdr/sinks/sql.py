@@ -111,6 +111,24 @@ class SqlSink:
                 f"no column {', '.join(column.name for column in missing)} in the table; add it: {fixes}",
             )
 
+    def apply_schema(self) -> list[str]:
+        """Create the table, or add the columns it lacks; returns the statements run (``schema --apply``)."""
+        self.connection = self.dialect.connect(self.config, self.config.batch.timeout_s)
+        found = self.existing_columns()
+        if not found:
+            statements = [self.dialect.create_table(self.config.table, self.columns)]
+        else:
+            statements = [self.dialect.add_column(self.config.table, column)
+                          for column in self.columns if column.name not in found]
+        for statement in statements:
+            cursor = self.connection.cursor()
+            try:
+                cursor.execute(statement)
+            finally:
+                cursor.close()
+        self.connection.commit()
+        return statements
+
     def rows(self, records: Sequence[CallRecord]) -> list[tuple[Any, ...]]:
         names = self.names
         return [tuple([record.get(name) for name in names]) for record in records]
@@ -152,13 +170,34 @@ def rejected_or_retriable(error: BaseException, rejected: tuple[type, ...]) -> S
     return RetriableError(str(error))
 
 
-def dialect_for(name: str) -> Optional[Dialect]:
-    """The dialect serving a normalized dbtype; drivers are imported only when connecting."""
-    from . import mysql, postgres, sqlite
+def dialect_for(name: str, config: Optional[DatabaseConfig] = None) -> Optional[Dialect]:
+    """The dialect serving a normalized dbtype; drivers are imported only when connecting.
 
-    dialects: dict[str, Dialect] = {
-        "sqlite": sqlite.SQLite(),
-        "mysql": mysql.MySQL(),
-        "postgresql": postgres.PostgreSQL(),
-    }
-    return dialects.get(name)
+    ``config`` is the database it will serve, when there is one: dbtype odbc takes its SQL from the
+    dialect that ``config.dialect`` names, and the ODBC and Oracle dialects check ``driver`` and the
+    connection settings here, so that a mistake stops the configuration rather than every connection.
+    """
+    from . import mysql, odbc, oracle, postgres, sqlite, sqlserver
+
+    if name == "odbc":
+        if config is None or not config.dialect:
+            raise ConfigError("cdr.database.dialect", "dbtype odbc needs the dialect its target speaks: "
+                                                      "mysql, postgresql, sqlserver, oracle or sqlite")
+        if config.dialect == "sqlserver":
+            return sqlserver.SqlServer()  # always ODBC: it takes the DSN or connection string as is
+        sql = dialect_for(config.dialect)
+        if sql is None:
+            return None
+        rejected = {"mysql": mysql._REJECTED_CODES, "oracle": oracle.REJECTED_CODES}.get(config.dialect, frozenset())
+        return odbc.OdbcDialect(sql, config, rejected)
+    if name == "sqlite":
+        return sqlite.SQLite()
+    if name == "mysql":
+        return mysql.MySQL()
+    if name == "postgresql":
+        return postgres.PostgreSQL()
+    if name == "sqlserver":
+        return sqlserver.SqlServer()
+    if name == "oracle":
+        return oracle.Oracle(config)
+    return None

@@ -1,0 +1,41 @@
+"""The engine's counters in Prometheus text format (for node_exporter's textfile collector)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_SINK_COUNTERS = (
+    ("received", "counter", "records handed to the sink"),
+    ("written", "counter", "records the sink confirmed"),
+    ("rejected", "counter", "records the sink refused, set aside in rejected.jsonl"),
+    ("retries", "counter", "failed write attempts"),
+    ("replayed", "counter", "records written from the spool"),
+    ("queued", "gauge", "records held in memory"),
+    ("spooled", "gauge", "records on disk waiting for the sink"),
+    ("journaled", "gauge", "records in memory with a crash copy on disk"),
+)
+
+
+def _escape(value: str) -> str:
+    """A label value as the text format wants it: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus(status: dict[str, Any]) -> str:
+    lines = []
+    for name, kind, text in (("events", "counter", "events taken from FreeSWITCH"),
+                             ("records", "counter", "records built"),
+                             ("skipped", "counter", "legs left out (process_cdr, skip variable)"),
+                             ("malformed", "counter", "events that could not make a record")):
+        lines += [f"# HELP fs_cdr_{name}_total {text}", f"# TYPE fs_cdr_{name}_total {kind}",
+                  f"fs_cdr_{name}_total {status[name]}"]
+    for name, kind, text in _SINK_COUNTERS:
+        metric = f"fs_cdr_sink_{name}" + ("_total" if kind == "counter" else "")
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
+        for sink in status["sinks"]:
+            lines.append(f'{metric}{{sink="{_escape(sink["sink"])}"}} {sink.get(name, 0)}')
+    lines += ["# HELP fs_cdr_sink_healthy 1 when the sink takes writes and nothing waits in its spool",
+              "# TYPE fs_cdr_sink_healthy gauge"]
+    for sink in status["sinks"]:
+        lines.append(f'fs_cdr_sink_healthy{{sink="{_escape(sink["sink"])}"}} {1 if sink["healthy"] else 0}')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,183 @@
+"""Beyond one switch: RabbitMQ with publisher confirms, Redis Streams with consumer groups, and several
+engines (switches) writing into one MariaDB / PostgreSQL table at once. Real servers only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import uuid as uuidlib
+from collections import Counter
+
+import pytest
+
+from conftest import database_entry, drop_table, hangups, make_config, rows
+from fs_cdr.engine import Engine
+
+TEMPLATE = hangups("b_bridge_null")[1]
+
+
+def event(tag: str, index: int, switch: str = "sw1", direction: str = "inbound") -> dict:
+    return dict(TEMPLATE, **{"Unique-ID": f"{tag}-{index:05d}", "FreeSWITCH-Switchname": switch,
+                             "variable_direction": direction})
+
+
+@pytest.fixture
+def rabbit():
+    pika = pytest.importorskip("pika")
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    channel = connection.channel()
+    exchange = "fs_cdr_test_" + uuidlib.uuid4().hex[:8]
+    channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+    queues = {}
+    for name, key in (("inbound", "cdr.inbound.#"), ("outbound", "cdr.outbound.#")):
+        queue = f"{exchange}.{name}"
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, exchange, key)
+        queues[name] = queue
+    yield exchange, queues
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    channel = connection.channel()
+    for queue in queues.values():
+        channel.queue_delete(queue)
+    channel.exchange_delete(exchange)
+    connection.close()
+
+
+def drain(queue: str) -> list[dict]:
+    import pika
+
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    channel = connection.channel()
+    found = []
+    while True:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            break
+        assert properties.delivery_mode == 2 and properties.message_id
+        found.append(json.loads(body))
+    connection.close()
+    return found
+
+
+def test_rabbitmq_routes_by_field_and_confirms(rabbit, tmp_path, engines) -> None:
+    exchange, queues = rabbit
+    engine = engines(make_config({"cdr": {"details": True, "rabbitmq": {
+        "exchange": exchange, "routing_key": "cdr.${direction}.${switchname}"}}}, tmp_path))
+    for index in range(300):
+        engine.handle(event("rmq", index, direction="inbound" if index % 3 else "outbound"))
+    assert engine.flush(30), engine.status()
+    inbound, outbound = drain(queues["inbound"]), drain(queues["outbound"])
+    assert len(inbound) == 200 and len(outbound) == 100
+    assert all(record["direction"] == "inbound" for record in inbound)
+    assert isinstance(inbound[0]["details"], dict)
+    assert engine.status()["sinks"][0]["written"] == 300
+
+
+def test_rabbitmq_unroutable_records_wait_in_the_spool_until_a_queue_is_bound(rabbit, tmp_path, engines) -> None:
+    import pika
+
+    exchange, queues = rabbit
+    engine = engines(make_config({"cdr": {"rabbitmq": {"exchange": exchange, "routing_key": "nowhere.${uuid}",
+                                                       "timeout_s": 2}}}, tmp_path))
+    for index in range(20):
+        engine.handle(event("unrouted", index))
+    deadline = time.time() + 10
+    while engine.status()["sinks"][0]["spooled"] < 20 and time.time() < deadline:
+        time.sleep(0.05)
+    status = engine.status()["sinks"][0]
+    assert status["spooled"] == 20 and not status["healthy"] and "Unroutable" in status["last_error"]
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    connection.channel().queue_bind(queues["inbound"], exchange, "nowhere.#")
+    connection.close()
+    engine.replay()
+    assert engine.flush(30)
+    assert sorted(record["uuid"] for record in drain(queues["inbound"])) == [f"unrouted-{i:05d}" for i in range(20)]
+
+
+def test_rabbitmq_broker_restart_mid_stream_loses_nothing(rabbit, tmp_path, engines) -> None:
+    exchange, queues = rabbit
+    engine = engines(make_config({"cdr": {"rabbitmq": {"exchange": exchange, "routing_key": "cdr.${direction}",
+                                                       "timeout_s": 2}}}, tmp_path))
+
+    def feed() -> None:
+        for index in range(400):
+            engine.handle(event("restart", index))
+            time.sleep(1 / 100)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    time.sleep(1)
+    subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=60)
+    try:
+        time.sleep(2)
+    finally:
+        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
+    feeder.join()
+    assert engine.flush(90), engine.status()
+    arrived = Counter(record["uuid"] for record in drain(queues["inbound"]))
+    print(f"\nrabbitmq restart: sent 400, arrived {len(arrived)}, duplicated {sum(arrived.values()) - len(arrived)}")
+    assert set(arrived) == {f"restart-{i:05d}" for i in range(400)}
+
+
+def test_redis_stream_consumer_group_reads_every_record_once(tmp_path, engines, table_name) -> None:
+    import redis
+
+    client = redis.Redis()
+    stream = f"fs_cdr_test:{{{table_name}}}:stream"  # the hash tag keeps one switch's keys in one slot
+    client.xgroup_create(stream, "billing", id="0", mkstream=True)
+    try:
+        engine = engines(make_config({"cdr": {"redis": {"stream": stream, "stream_maxlen": 10000}}}, tmp_path))
+        for index in range(250):
+            engine.handle(event("stream", index))
+        assert engine.flush(20)
+        seen = Counter()
+        for consumer in ("c1", "c2"):  # two consumers of one group share the work
+            while True:
+                batch = client.xreadgroup("billing", consumer, {stream: ">"}, count=40)
+                if not batch:
+                    break
+                for entry_id, fields in batch[0][1]:
+                    record = json.loads(fields[b"record"])
+                    assert record["uuid"] == fields[b"uuid"].decode()
+                    seen[record["uuid"]] += 1
+                    client.xack(stream, "billing", entry_id)
+        assert len(seen) == 250 and set(seen.values()) == {1}
+        assert client.xpending(stream, "billing")["pending"] == 0
+    finally:
+        client.delete(stream)
+
+
+@pytest.mark.parametrize("kind", ["mysql", "postgresql"])
+def test_several_switches_write_one_table_at_once(kind, tmp_path, table_name) -> None:
+    """Four engines (four switches) upsert into one table concurrently; each also re-sends the same
+    200 shared records (as replays after a failover would), so upserts collide on the same keys."""
+    engines_ = []
+    for number in range(4):
+        config = make_config({"cdr": {"database": dict(database_entry(kind, table_name, tmp_path), batch_size=100),
+                                      "spool_dir": str(tmp_path / f"spool{number}")}}, tmp_path)
+        engines_.append(Engine(config).start())
+    try:
+        def feed(number: int, engine: Engine) -> None:
+            for index in range(1500):
+                engine.handle(event(f"sw{number}", index, switch=f"sw{number}"))
+                if index % 7 == 0:
+                    engine.handle(event("shared", index // 7, switch="shared"))
+
+        threads = [threading.Thread(target=feed, args=(number, engine)) for number, engine in enumerate(engines_)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for engine in engines_:
+            assert engine.flush(120), engine.status()
+        found = rows(kind, tmp_path, table_name, "uuid, switchname")
+        assert len(found) == 4 * 1500 + 215
+        assert Counter(row["switchname"] for row in found) == {"sw0": 1500, "sw1": 1500, "sw2": 1500, "sw3": 1500,
+                                                                "shared": 215}
+        assert sum(engine.status()["sinks"][0]["rejected"] for engine in engines_) == 0
+    finally:
+        for engine in engines_:
+            engine.stop()
+        drop_table(kind, tmp_path, table_name)

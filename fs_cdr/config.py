@@ -99,6 +99,8 @@ class RedisConfig:
     stream: str = ""
     #: approximate MAXLEN for the stream (``XADD ... MAXLEN ~ N``); 0 keeps every entry
     stream_maxlen: int = 1_000_000
+    #: real-time mode: PUBLISH every state change on ``channel`` (the list and stream get final records only)
+    real: bool = False
     #: Redis Cluster: the host/port given is any node of it
     cluster: bool = False
     #: Sentinel-managed Redis: ``[[host, port], ...]`` of the sentinels, and the service's name
@@ -179,7 +181,8 @@ class CdrConfig:
 
     @property
     def real(self) -> bool:
-        return any(database.real for database in self.databases)
+        """Whether any sink wants real-time updates (then the channel events besides hangups are read)."""
+        return any(database.real for database in self.databases) or bool(self.redis and self.redis.real)
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,8 @@ class _Section:
         if value is None:
             return default
         if not isinstance(value, str):
-            raise ConfigError(self.key(name), f"expected a string, got {_kind(value)}")
+            secret = "password" in name or name in ("url", "connectionstring")
+            raise ConfigError(self.key(name), f"expected a string, got {_kind(value, secret)}")
         return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
@@ -260,7 +264,19 @@ class _Section:
             )
 
 
-def _kind(value: object) -> str:
+def _split_url(text: str, path: str, example: str) -> tuple[Any, int]:
+    """``urlsplit`` and its port, with every way a URL can be malformed as a ConfigError (the URL itself
+    is not echoed: it may hold a password)."""
+    try:
+        url = urlsplit(text)
+        return url, url.port or 0
+    except ValueError as exc:
+        raise ConfigError(path, f"not a valid URL (expected {example}): {exc}") from exc
+
+
+def _kind(value: object, secret: bool = False) -> str:
+    if secret and value is not None:
+        return type(value).__name__  # a password of the wrong type is still a password: never echoed
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -284,7 +300,9 @@ def _batch(section: _Section, defaults: BatchSettings) -> BatchSettings:
 
 #: Oracle's Easy Connect without a protocol: host[:port]/service
 _EASY_CONNECT = re.compile(r"^(?P<host>[^,@/:\s]+)(?::(?P<port>\d{1,5}))?/(?P<database>[^@/\s]+)$")
-_SEED_ADDRESS = re.compile(r"^(?:tcp:)?(?P<host>[^,@/\s]+)(?:,(?P<port>\d{1,5}))?@(?P<database>[^@\s]+)$")
+#: host,port@dbname. The host has no ':' (so 'user:password@host' is refused, not taken for a host
+#: and shown in logs); an IPv6 address goes in a URL.
+_SEED_ADDRESS = re.compile(r"^(?:tcp:)?(?P<host>[^,@/:\s]+)(?:,(?P<port>\d{1,5}))?@(?P<database>[^@\s]+)$")
 
 
 def _parse_connection(dbtype: str, text: str, path: str, paths: Paths) -> dict[str, Any]:
@@ -306,11 +324,7 @@ def _parse_connection(dbtype: str, text: str, path: str, paths: Paths) -> dict[s
     if not text:
         raise ConfigError(path, f"empty; a {dbtype} database needs 'host,port@dbname' or a URL")
     if "://" in text:
-        url = urlsplit(text)
-        try:
-            port = url.port
-        except ValueError as exc:
-            raise ConfigError(path, "the port in the URL is not a number") from exc
+        url, port = _split_url(text, path, f"{dbtype}://user:password@host:port/dbname")
         database = unquote(url.path.lstrip("/"))
         if not url.hostname or not database:
             raise ConfigError(path, "a URL needs a host and a database name: scheme://host:port/dbname")
@@ -324,7 +338,9 @@ def _parse_connection(dbtype: str, text: str, path: str, paths: Paths) -> dict[s
         }
     match = _SEED_ADDRESS.match(text) or (_EASY_CONNECT.match(text) if dbtype == "oracle" else None)
     if not match:
-        raise ConfigError(path, f"expected 'host,port@dbname' or a URL, got {text[:60]!r}")
+        # not echoed: a mistyped connection string often holds a password
+        raise ConfigError(path, "expected 'host,port@dbname' (the seed's form) or a URL such as "
+                                f"{dbtype}://user:password@host:port/dbname")
     # dbtype odbc has no port of its own: 0 lets its dialect pick the usual one
     port = int(match.group("port") or DEFAULT_PORTS.get(dbtype, 0))
     if not 0 <= port < 65536 or (port == 0 and dbtype != "odbc"):
@@ -370,17 +386,19 @@ def _database(value: object, path: str, paths: Paths, index: int, base: str) -> 
     return config
 
 
-def _redis(value: object, path: str) -> RedisConfig:
+def _redis(value: object, path: str, real_default: bool = False) -> RedisConfig:
     section = _Section(path, value)
     host, port, db, username, password = "127.0.0.1", 6379, 0, "", ""
     url_text = section.text("url")
     if url_text:
-        url = urlsplit(url_text)
+        url, port = _split_url(url_text, section.key("url"), "redis://[user:password@]host:port/db")
         if url.scheme not in ("redis", "rediss") or not url.hostname:
             raise ConfigError(section.key("url"), "expected redis://[user:password@]host:port/db")
-        host, port = url.hostname, url.port or 6379
+        host, port = url.hostname, port or 6379
         number = url.path.lstrip("/")
-        db = int(number) if number.isdigit() else 0
+        if number and not (number.isascii() and number.isdigit() and len(number) <= 9):
+            raise ConfigError(section.key("url"), "the database after the last / must be a number")
+        db = int(number) if number else 0
         username, password = unquote(url.username or ""), unquote(url.password or "")
     sentinels_raw = section.get("sentinels") or []
     sentinels = []
@@ -395,6 +413,7 @@ def _redis(value: object, path: str) -> RedisConfig:
         channel=section.text("channel"),
         list=section.text("list"),
         stream=section.text("stream"),
+        real=section.boolean("real", real_default),
         stream_maxlen=section.integer("stream_maxlen", 1_000_000, 0, 10**12),
         cluster=section.boolean("cluster", False),
         sentinels=tuple(sentinels),
@@ -444,10 +463,10 @@ def _rabbitmq(value: object, path: str) -> RabbitConfig:
     host, port, vhost, username, password = "127.0.0.1", 5672, "/", "guest", "guest"
     url_text = section.text("url")
     if url_text:
-        url = urlsplit(url_text)
+        url, port = _split_url(url_text, section.key("url"), "amqp://user:password@host:5672/vhost")
         if url.scheme not in ("amqp", "amqps") or not url.hostname:
             raise ConfigError(section.key("url"), "expected amqp://user:password@host:5672/vhost")
-        host, port = url.hostname, url.port or 5672
+        host, port = url.hostname, port or 5672
         vhost = unquote(url.path[1:]) if len(url.path) > 1 else "/"
         username, password = unquote(url.username or "guest"), unquote(url.password or "guest")
     routing_key = section.text("routing_key", "cdr")
@@ -504,7 +523,8 @@ def parse_config(document: object, paths: Paths = Paths(), source: str = "") -> 
     else:
         databases = (_database(raw_databases, "cdr.database", paths, 0, base),)
     raw_redis = section.get("redis")
-    redis = _redis(raw_redis, "cdr.redis") if raw_redis is not None else None
+    redis = (_redis(raw_redis, "cdr.redis", any(database.real for database in databases))
+             if raw_redis is not None else None)
     raw_rabbitmq = section.get("rabbitmq")
     rabbitmq = _rabbitmq(raw_rabbitmq, "cdr.rabbitmq") if raw_rabbitmq is not None else None
     process_cdr = section.text("process_cdr", "true")
@@ -537,18 +557,21 @@ def parse_config(document: object, paths: Paths = Paths(), source: str = "") -> 
 
 
 def load_config(path: str, paths: Paths = Paths()) -> CdrConfig:
-    """Read and validate a cdr.json file."""
+    """Read and validate a cdr.json file. Every way the file can be wrong is a ConfigError, never
+    another exception (this runs inside FreeSWITCH, on reload too)."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
-    except OSError as exc:
-        raise ConfigError(path, f"cannot read: {exc.strerror}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError(repr(path), f"cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
     try:
         document = json.loads(raw)
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "not UTF-8 text") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}", f"not valid JSON: {exc.msg}") from exc
+    except (RecursionError, ValueError) as exc:  # nesting too deep, a number of thousands of digits
+        raise ConfigError(path, f"not a JSON file fs_cdr can read: {type(exc).__name__}") from exc
     return parse_config(document, paths, source=path)
 
 

@@ -12,11 +12,13 @@ import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from .channel import HANGUP_EVENT, Headers, dumps, header
+from .channel import HANGUP_EVENT, Headers, dumps, header, shown
 from .config import CdrConfig
 from .errors import ConfigError
+from .realtime import COMPLETED, STATES, UpdateBuilder, sequence
 from .record import CallRecord, RecordBuilder
 from .sinks import lanes_for, targets
+from .sinks.sql import REMOVED
 from .writer import Guard, SinkLane
 
 log = logging.getLogger("fs_cdr.engine")
@@ -25,25 +27,29 @@ log = logging.getLogger("fs_cdr.engine")
 SHUTDOWN_EVENTS = ("SHUTDOWN_REQUESTED", "SHUTDOWN")
 #: The events a hangup-mode engine consumes.
 EVENTS = (HANGUP_EVENT,) + SHUTDOWN_EVENTS
+#: What real-time mode consumes besides.
+REALTIME_EVENTS = tuple(STATES)
 
 LaneFactory = Callable[[CdrConfig], list[SinkLane]]
 
 
 def _sink_shape(config: CdrConfig) -> tuple[Any, ...]:
     """What, when changed by a reload, needs new sink lanes (new connections, new statements)."""
-    return (config.databases, config.redis, config.fields, config.details, config.spool_dir)
+    return (config.databases, config.redis, config.rabbitmq, config.fields, config.details, config.spool_dir)
 
 
 class Engine:
     def __init__(self, config: CdrConfig, lane_factory: LaneFactory = lanes_for) -> None:
         self.config = config
         self.builder = RecordBuilder(config)
+        self.updates = UpdateBuilder(config)
         self.lane_factory = lane_factory
         self.lanes: Sequence[SinkLane] = lane_factory(config)
         self.guard = Guard(lambda: self.lanes, config.durable_window_ms / 1000.0)
         self.started_at = time.time()
         self.events = 0
         self.records = 0
+        self.updates_seen = 0
         self.skipped = 0
         self.malformed = 0
         self.reloads = 0
@@ -67,6 +73,8 @@ class Engine:
             name = header(headers, "Event-Name")
             if name == HANGUP_EVENT or name is None:
                 return self._record(headers)
+            if name in STATES:
+                return self._update(headers, name) if self.config.real else None
             if name in SHUTDOWN_EVENTS:
                 self.begin_shutdown(name)
         except Exception:  # noqa: BLE001 - nothing may escape into FreeSWITCH
@@ -83,20 +91,43 @@ class Engine:
             return None
         if record is None:
             self.skipped += 1
+            if self.config.real:
+                # the leg was left out only at its end (a skip variable set in the dialplan): take back
+                # the row real-time mode wrote while it was up
+                uuid = header(headers, "Unique-ID") or header(headers, "variable_uuid")
+                self._dispatch({"uuid": uuid, "call_state": REMOVED, "event_seq": sequence(headers)}, final=False)
             return None
+        record["call_state"] = COMPLETED
+        record["event_seq"] = sequence(headers)
         self.records += 1
         if self.config.log:
             log.info("CDR %s", dumps(record))
+        self._dispatch(record, final=True)
+        return record
+
+    def _update(self, headers: Headers, name: str) -> Optional[CallRecord]:
+        try:
+            record = self.updates.build(headers, name)
+        except ValueError as error:
+            self.malformed += 1
+            log.warning("skipped a malformed %s: %s", name, error)
+            return None
+        if record is not None:
+            self.updates_seen += 1
+            self._dispatch(record, final=False)
+        return record
+
+    def _dispatch(self, record: CallRecord, final: bool) -> None:
         now = time.monotonic()
         with self._swap:
+            lanes = self.lanes if final else [lane for lane in self.lanes if lane.realtime]
             if self.shutting_down:
-                for lane in self.lanes:
+                for lane in lanes:
                     lane.stats.received += 1
                     lane.spool.append([record])
             else:
-                for lane in self.lanes:
+                for lane in lanes:
                     lane.offer(record, now)
-        return record
 
     def begin_shutdown(self, reason: str) -> None:
         """FreeSWITCH is stopping and will not say when Python dies: from now on every record is
@@ -120,7 +151,7 @@ class Engine:
             probe_config(config)
         if _sink_shape(config) == _sink_shape(self.config):
             with self._swap:
-                self.config, self.builder = config, RecordBuilder(config)
+                self.config, self.builder, self.updates = config, RecordBuilder(config), UpdateBuilder(config)
             self.reloads += 1
             return "configuration reloaded (same sinks)"
         with self._swap:
@@ -129,7 +160,7 @@ class Engine:
             for lane in self.lanes:
                 lane.stop(timeout_s=1.0)
             self.lanes = self.lane_factory(config)
-            self.config, self.builder = config, RecordBuilder(config)
+            self.config, self.builder, self.updates = config, RecordBuilder(config), UpdateBuilder(config)
             self.guard.window_s = config.durable_window_ms / 1000.0
             for lane in self.lanes:
                 lane.start()
@@ -168,6 +199,8 @@ class Engine:
             "uptime_s": round(time.time() - self.started_at, 1),
             "events": self.events,
             "records": self.records,
+            "updates": self.updates_seen,
+            "real": self.config.real,
             "skipped": self.skipped,
             "malformed": self.malformed,
             "reloads": self.reloads,
@@ -193,7 +226,7 @@ def probe_config(config: CdrConfig) -> None:
 
 def _uuid(headers: Headers) -> str:
     try:
-        return str(header(headers, "Unique-ID"))[:64]
+        return shown(header(headers, "Unique-ID"))  # quoted: a newline in it cannot forge a log line
     except Exception:  # noqa: BLE001
         return "?"
 

@@ -8,8 +8,11 @@ Each entry of ``cdr.fields`` is one of::
     caller:${caller_id_name}${caller_id_number}   a template of variables (and literal text)
     number:talk:billsec                the type prefix combined with a column name
 
-Column names end up in SQL text, so they must match :data:`IDENTIFIER`; variable names never
-reach SQL (values are always bound parameters) and only need to be non-empty and printable.
+Column names end up in SQL text, so they must match :data:`IDENTIFIER` (checked when cdr.json is
+loaded; nothing a channel carries can add or rename a column); variable names never reach SQL
+(values are always bound parameters) and only need to match :data:`VARIABLE`. A field may replace
+the source of a standard column (the seed's ``number:billsec``) but not ``uuid`` (the key) or
+``details`` (JSON the record builder writes), nor take a name PostgreSQL keeps for system columns.
 """
 
 from __future__ import annotations
@@ -28,6 +31,23 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 #: grammar ambiguous (``:``, ``$``, braces) or invisible (whitespace, control characters).
 VARIABLE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}\Z")
 _TEMPLATE_PART = re.compile(r"\$\{([^{}]*)\}")
+#: Columns no ``fields`` entry may name: the record's key, the builder's own JSON, and PostgreSQL's
+#: system columns (``CREATE TABLE`` refuses them there; one name must work on every database).
+RESERVED_COLUMNS = {
+    "uuid": "the record's key (the channel's Unique-ID)",
+    "details": "written by \"details\": true",
+    "call_state": "where the call is, written by fs_cdr (real-time mode)",
+    "event_seq": "the ordering of real-time updates, written by fs_cdr",
+    "tableoid": "a PostgreSQL system column",
+    "xmin": "a PostgreSQL system column",
+    "xmax": "a PostgreSQL system column",
+    "cmin": "a PostgreSQL system column",
+    "cmax": "a PostgreSQL system column",
+    "ctid": "a PostgreSQL system column",
+}
+#: What a ``number:`` value must look like: plain ASCII decimal, as FreeSWITCH writes numbers.
+_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+_REAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
 
 NUMBER_PREFIX = "number"
 
@@ -40,22 +60,23 @@ def to_number(text: Optional[str]) -> Union[int, float, None]:
 
     FreeSWITCH's own modules insert ``''`` into integer columns and the row fails; an empty or
     non-numeric value here is NULL instead, so one odd variable never costs the whole record.
+    Accepted (after stripping whitespace, at most 40 characters): an ASCII decimal integer within a
+    signed 64-bit column (``int``), or an ASCII decimal with a fraction or exponent that is finite
+    (``float``). Python's own extras (``1_000``, ``inf``, non-ASCII digits) are NULL like any other text.
     """
-    if text is None:
+    if not isinstance(text, str):
         return None
     text = text.strip()
     if not text or len(text) > 40:
         return None
-    try:
+    if _INTEGER.match(text):
         number = int(text, 10)
-    except ValueError:
-        try:
-            real = float(text)
-        except ValueError:
-            return None
+        # Keep integers inside a signed 64-bit column on every database.
+        return number if -(2**63) <= number < 2**63 else None
+    if _REAL.match(text):
+        real = float(text)
         return real if math.isfinite(real) else None
-    # Keep integers inside a signed 64-bit column on every database.
-    return number if -(2**63) <= number < 2**63 else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -142,6 +163,9 @@ def parse_field(entry: object, path: str) -> FieldSpec:
             path,
             f"column {column!r} must be letters, digits and _ (not starting with a digit, at most 63)",
         )
+    reserved = RESERVED_COLUMNS.get(column.lower())
+    if reserved:
+        raise ConfigError(path, f"column {column.lower()!r} cannot come from fields: it is {reserved}")
     return FieldSpec(column=column.lower(), parts=parts, numeric=numeric, source=entry)
 
 

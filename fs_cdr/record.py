@@ -3,6 +3,18 @@
 A record is a plain ``dict`` of column name to value (``str``, ``int``, ``float`` or ``None``), with
 ``details`` already serialized to JSON text so that every sink shares one serialization. It is built
 once on the source thread and handed, unchanged, to every sink.
+
+Every value comes from the network, so the builder guarantees what each sink relies on, the same way
+for every sink (docs/hostile-input.md lists these changes; each is logged, at most once per 10 s per
+kind and column, with a count of the ones in between):
+
+- text is storable everywhere: NUL and lone surrogates become U+FFFD (PostgreSQL text cannot hold
+  NUL; no driver encodes a lone surrogate);
+- standard text columns fit their column: cut to ``TEXT_LIMIT`` / ``SHORT_LIMIT`` characters;
+- integers fit a signed 64-bit column, floats are finite;
+- secrets are masked: variables named like ``secret_variables`` are ``***`` in ``details`` and in
+  ``fields``, and so is the value of ``name=value`` inside any value when ``name`` is one of them
+  (dial strings such as ``{sip_auth_password=...}sofia/...``).
 """
 
 from __future__ import annotations
@@ -12,7 +24,20 @@ import logging
 import re
 from typing import Any, Optional
 
-from .channel import VARIABLE_PREFIX, Headers, dumpb, dumps, header, loads, variable
+from .channel import (
+    UNSTORABLE,
+    VARIABLE_PREFIX,
+    Headers,
+    Notices,
+    as_text,
+    clean_text,
+    dumpb,
+    dumps,
+    header,
+    loads,
+    shown,
+    variable,
+)
 from .config import CdrConfig
 from .fields import Value, to_number
 from .schema import SHORT_LIMIT, STANDARD_COLUMNS, TEXT_LIMIT
@@ -23,13 +48,29 @@ CallRecord = dict[str, Value]
 _NOT_VARIABLE = object()
 
 _TRUE = frozenset(("true", "yes", "on", "1", "t", "y", "enabled", "active", "allow"))
-_TEXT_COLUMNS = tuple(column.name for column in STANDARD_COLUMNS if column.kind == "text")
-_SHORT_COLUMNS = tuple(column.name for column in STANDARD_COLUMNS if column.kind in ("short", "key"))
+_KINDS = {column.name: column.kind for column in STANDARD_COLUMNS}
+#: The longest text each bounded standard column holds (the rest, fields and details, are unbounded).
+_LIMITS = {
+    name: TEXT_LIMIT if kind == "text" else SHORT_LIMIT
+    for name, kind in _KINDS.items()
+    if kind in ("text", "short", "key")
+}
+_INT64_MIN, _INT64_END = -(2**63), 2**63
+#: ``name=value`` inside a value (dial strings, SIP parameters, URL queries); a quoted value runs to
+#: its closing quote, any other to the next separator.
+_ASSIGNMENT = re.compile(r"""([A-Za-z0-9_.\-]+)=('[^']*'?|"[^"]*"?|[^,;}\]>|&\s'"]*)""")
+MASK = "***"
+#: At most one warning per kind of change and column in this many seconds.
+NOTICE_INTERVAL_S = 10.0
 
 
 def is_true(value: Optional[str]) -> bool:
     """FreeSWITCH's ``switch_true``: the spellings it accepts as true."""
     return value is not None and value.strip().lower() in _TRUE
+
+
+def _int64(value: Optional[int]) -> Optional[int]:
+    return value if value is None or _INT64_MIN <= value < _INT64_END else None
 
 
 def _seconds(headers: Headers, microseconds_header: str) -> Optional[int]:
@@ -73,29 +114,94 @@ def wanted(headers: Headers, default_process_cdr: str, skip_variable: str) -> bo
     return mode not in ("false", "no", "off", "0")
 
 
+def _as_kind(value: Value, kind: str) -> Value:
+    """A ``fields`` value for a standard column, in that column's type: a whole number (cut toward
+    zero) in an integer column, text in a text column."""
+    if kind == "int":
+        if isinstance(value, str):
+            value = to_number(value)
+        if isinstance(value, float):
+            value = int(value)
+        return _int64(value) if isinstance(value, int) else None
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def _secret_hints(patterns: list[str]) -> Optional[tuple[str, ...]]:
+    """What a value must contain (lowercased) before it is searched for ``secret=value``: the
+    longest literal part of some pattern. ``None`` (search every value with ``=``) when a pattern
+    has no literal part or uses a ``[...]`` class."""
+    pieces = set()
+    for pattern in patterns:
+        literal = max(re.split(r"[*?]", pattern), key=len)
+        if not literal or "[" in pattern:
+            return None
+        pieces.add(literal)
+    return tuple(sorted(pieces))
+
+
 class RecordBuilder:
     """Turns hangup events into records for one configuration (built again on reload)."""
 
     def __init__(self, config: CdrConfig) -> None:
         self.config = config
         self.fields = config.fields
-        self._secret = (
-            re.compile("|".join(fnmatch.translate(pattern.lower()) for pattern in config.secret_variables))
-            if config.secret_variables
-            else None
-        )
-        self.truncated = 0
+        patterns = [pattern.lower() for pattern in config.secret_variables]
+        self._secret = re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns)) if patterns else None
+        self._hints = _secret_hints(patterns) if patterns else None
+        self._secret_names: dict[str, bool] = {}
         self._detail_names: dict[str, Any] = {}
+        self.notices = Notices(log, NOTICE_INTERVAL_S)
+        #: Values cut to their column, values with characters replaced by U+FFFD, secrets masked.
+        self.truncated = 0
+        self.replaced = 0
+        self.masked = 0
+        for spec in self.fields:
+            for name in spec.variables:
+                if self.is_secret(name):
+                    log.warning("fields entry %r names %s, a secret variable: its value is stored as %s",
+                                spec.source, name, MASK)
+
+    def is_secret(self, name: str) -> bool:
+        """Whether a variable of this name holds a credential (``secret_variables``)."""
+        known = self._secret_names.get(name)
+        if known is None:
+            known = self._secret is not None and self._secret.match(name.lower()) is not None
+            if len(self._secret_names) >= 4096:  # variable names are the channel's to choose
+                self._secret_names.clear()
+            self._secret_names[name] = known
+        return known
+
+    def mask_assignments(self, text: str) -> str:
+        """``text`` with the value of each ``secret=value`` inside it replaced by ``***``."""
+        if "=" not in text or self._secret is None:
+            return text
+        hints = self._hints
+        if hints is not None:
+            lowered = text.lower()
+            for hint in hints:
+                if hint in lowered:
+                    break
+            else:
+                return text
+        return _ASSIGNMENT.sub(self._mask_assignment, text)
+
+    def _mask_assignment(self, match: "re.Match[str]") -> str:
+        if self.is_secret(match.group(1)):
+            return f"{match.group(1)}={MASK}"
+        return match.group(0)
 
     def build(self, headers: Headers) -> Optional[CallRecord]:
         """The record for one CHANNEL_HANGUP_COMPLETE (or an imported CDR), or ``None`` to skip it.
 
-        A missing header is a NULL column, never an exception. A channel without any uuid cannot
-        be keyed and is refused with a ``ValueError`` the caller logs.
+        A missing header is a NULL column, never an exception; missing times are logged. A channel
+        without any uuid cannot be keyed and is refused with a ``ValueError`` naming what the event
+        does say (call uuid, channel, numbers, time), which the caller logs.
         """
         uuid = header(headers, "Unique-ID") or variable(headers, "uuid")
         if not uuid:
-            raise ValueError("event has no Unique-ID: cannot key a record")
+            raise ValueError(f"event has no Unique-ID: cannot key a record ({self._describe(headers)})")
         if not wanted(headers, self.config.process_cdr, self.config.skip_variable):
             return None
         start = _epoch(headers, "start_epoch", "Caller-Channel-Created-Time")
@@ -105,10 +211,10 @@ class RecordBuilder:
             end = _seconds(headers, "Event-Date-Timestamp")
         duration = to_number(variable(headers, "duration"))
         if not isinstance(duration, int):
-            duration = end - start if end and start else None
+            duration = _int64(end - start) if end and start else None
         billsec = to_number(variable(headers, "billsec"))
         if not isinstance(billsec, int):
-            billsec = end - answer if end and answer else 0
+            billsec = _int64(end - answer) if end and answer else 0
         originator = variable(headers, "originator")
         if not originator and header(headers, "Other-Type") == "originator":
             originator = header(headers, "Other-Leg-Unique-ID")
@@ -143,29 +249,76 @@ class RecordBuilder:
             "switchname": header(headers, "FreeSWITCH-Switchname") or header(headers, "FreeSWITCH-Hostname"),
             "core_uuid": header(headers, "Core-UUID"),
         }
-        self._limit(record, _TEXT_COLUMNS, TEXT_LIMIT)
-        self._limit(record, _SHORT_COLUMNS, SHORT_LIMIT)
-        if self.config.details:
-            record["details"] = dumps(self._details(headers))
         if self.fields:
-            lookup = lambda name: variable(headers, name)  # noqa: E731
+            lookup = self._lookup(headers)
             for spec in self.fields:
-                record[spec.column] = spec.value(lookup)
+                value = spec.value(lookup)
+                kind = _KINDS.get(spec.column)
+                record[spec.column] = _as_kind(value, kind) if kind else value
+        self._finish(record)
+        if start is None or end is None:
+            missing = " and ".join(name for name, value in (("start", start), ("end", end)) if value is None)
+            self.notices.warn("times", "channel %s: the event has no %s time; stored NULL", shown(record["uuid"]),
+                              missing)
+        if self.config.details:
+            record["details"] = self._details(headers, record["uuid"])
         return record
 
-    def _limit(self, record: CallRecord, columns: tuple[str, ...], limit: int) -> None:
-        for name in columns:
-            value = record[name]
-            if isinstance(value, str) and len(value) > limit:
-                record[name] = value[:limit]
-                self.truncated += 1
-                log.warning(
-                    "channel %s: %s was %d characters, stored the first %d",
-                    str(record["uuid"])[:64], name, len(value), limit,
-                )
+    def _describe(self, headers: Headers) -> str:
+        """What identifies an event that cannot be keyed, for the log line that refuses it."""
+        known = []
+        for label, name in (
+            ("event", "Event-Name"),
+            ("call", "Channel-Call-UUID"),
+            ("channel", "Channel-Name"),
+            ("caller", "Caller-Caller-ID-Number"),
+            ("destination", "Caller-Destination-Number"),
+            ("at", "Event-Date-Timestamp"),
+        ):
+            value = header(headers, name)
+            if value:
+                known.append(f"{label} {shown(self.mask_assignments(value))}")
+        return ", ".join(known) or "no identifying header"
 
-    def _details(self, headers: Headers) -> dict[str, Any]:
-        """Every channel variable, prefix stripped, secrets masked. Header names repeat from call to
+    def _lookup(self, headers: Headers):  # noqa: ANN202 - a Lookup
+        def lookup(name: str) -> Optional[str]:
+            value = variable(headers, name)
+            if value is not None and self.is_secret(name):
+                self.masked += 1
+                return MASK
+            return value
+
+        return lookup
+
+    def _finish(self, record: CallRecord) -> None:
+        """Make every text value storable and masked, and cut bounded columns to their size."""
+        uuid = self.mask_assignments(clean_text(str(record["uuid"])))  # as log lines show it
+        limits = _LIMITS
+        for name, value in record.items():
+            if type(value) is not str:
+                continue
+            text = value
+            if "\x00" in text or (not text.isascii() and UNSTORABLE.search(text) is not None):
+                text = clean_text(text)
+                self.replaced += 1
+                self.notices.warn("replaced:" + name, "channel %s: %s held NUL or lone surrogates, stored as U+FFFD",
+                                  shown(uuid), name)
+            if "=" in text:
+                masked = self.mask_assignments(text)
+                if masked != text:
+                    text = masked
+                    self.masked += 1
+            limit = limits.get(name)
+            if limit is not None and len(text) > limit:
+                self.truncated += 1
+                self.notices.warn("truncated:" + name, "channel %s: %s was %d characters, stored the first %d",
+                                  shown(uuid), name, len(text), limit)
+                text = text[:limit]
+            if text is not value:
+                record[name] = text
+
+    def _details(self, headers: Headers, uuid: Value) -> str:
+        """Every channel variable as JSON text, secrets masked. Header names repeat from call to
         call, so what each one means (not a variable / a variable / a secret) is worked out once:
         this is the hot loop of the source thread (200 variables a hangup)."""
         known = self._detail_names
@@ -176,21 +329,47 @@ class RecordBuilder:
             meaning = known.get(key)
             if meaning is None:
                 meaning = known[key] = self._meaning(key)
-            if meaning is not _NOT_VARIABLE:
-                name, secret = meaning
-                found[name] = "***" if secret else value
-        return found
+            if meaning is _NOT_VARIABLE:
+                continue
+            name, secret = meaning
+            if secret:
+                value = MASK
+            elif type(value) is str:
+                if "=" in value:
+                    value = self.mask_assignments(value)
+            elif isinstance(value, list):
+                value = [self.mask_assignments(item) if isinstance(item, str) else as_text(item) for item in value]
+            elif value is not None:
+                value = as_text(value)
+            found[name] = value
+        try:
+            text = dumps(found)
+        except (TypeError, ValueError):  # a lone surrogate: only a hand-made event holds one
+            text = ""
+        if not text or "\\u0000" in text:
+            cleaned = {
+                clean_text(name): clean_text(value) if isinstance(value, str)
+                else [clean_text(item) for item in value] if isinstance(value, list) else value
+                for name, value in found.items()
+            }
+            if cleaned != found:
+                self.replaced += 1
+                self.notices.warn("replaced:details", "channel %s: details held NUL or lone surrogates, stored as U+FFFD",
+                                  shown(uuid))
+            text = dumps(cleaned)
+        return text
 
-    def _meaning(self, key: str) -> Any:
-        if not key.startswith(VARIABLE_PREFIX):
+    def _meaning(self, key: Any) -> Any:
+        if type(key) is not str or not key.startswith(VARIABLE_PREFIX):
             return _NOT_VARIABLE
         name = key[len(VARIABLE_PREFIX):]
-        return (name, bool(self._secret is not None and self._secret.match(name.lower())))
+        return (name, self.is_secret(name))
 
 
 def record_json(record: CallRecord) -> bytes:
     """A record as one JSON document with ``details`` as a nested object: what Redis carries and
-    what the spool stores. ``details`` is already JSON text, so it is spliced in, not escaped again."""
+    what the spool stores. ``details`` is already JSON text, so it is spliced in, not escaped again
+    (it is the builder's own JSON: no ``fields`` entry may name the ``details`` column)."""
     details = record.get("details")
     if not isinstance(details, str):
         return dumpb(record)

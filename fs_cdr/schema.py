@@ -51,6 +51,10 @@ STANDARD_COLUMNS: tuple[Column, ...] = (
     Column("hangup_cause", "short", "variable_hangup_cause, e.g. NORMAL_CLEARING, NO_ANSWER"),
     Column("switchname", "text", "FreeSWITCH-Switchname: which FreeSWITCH wrote the record"),
     Column("core_uuid", "short", "Core-UUID: that FreeSWITCH process's run"),
+    Column("call_state", "short", "where the call is: completed (the hangup record), or in real-time mode "
+                                  "created, ringing, early_media, answered, bridged, unbridged, held, unheld, hangup"),
+    Column("event_seq", "int", "Event-Sequence of the event that wrote the row: an older update never "
+                               "overwrites a newer one, and nothing overwrites a completed row but a completed one"),
 )
 DETAILS = Column("details", "json", "every channel variable as a JSON object (details: true)")
 STANDARD_NAMES = frozenset(column.name for column in STANDARD_COLUMNS) | {DETAILS.name}

@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
-from .channel import dumpb
+from .channel import dumpb, shown
 from .config import BatchSettings, mask_secrets
 from .errors import ConfigError, RejectedError
 from .record import CallRecord
@@ -278,7 +278,7 @@ class SinkWriter:
         """Write one batch, retrying retriable errors, until written, spooled, or stopping."""
         lane = self.lane
         failures = 0
-        records = _unique(batch.records)
+        records = _unique(batch.records) if lane.coalesce else batch.records
         try:
             while True:
                 if batch.spooled:
@@ -293,6 +293,11 @@ class SinkWriter:
                     records = self._isolate(records)
                     if not records:
                         return True
+                    # the sink failed half-way through: back off like any failure, then retry the rest
+                    failures += 1
+                    lane.failed(RuntimeError("the sink failed while isolating a refused record"), failures)
+                    if self._pause(lane.backoff.compute(failures)):
+                        return False
                     continue
                 except Exception as error:  # RetriableError, ConfigError, and driver bugs alike
                     self._close_sink()
@@ -327,14 +332,20 @@ class SinkWriter:
         """Find the refused records of a rejected batch by writing one at a time; returns what is
         left to retry when the sink became unreachable half-way."""
         for position, record in enumerate(records):
-            try:
-                self._open_sink().write([record])
-                self.lane.wrote(1)
-            except RejectedError as error:
-                self.lane.set_aside(record, error)
-            except Exception:  # noqa: BLE001 - retried as a batch by the caller
-                self._close_sink()
-                return records[position:]
+            # A refused statement may cost the connection too (MySQL's 1153 drops it): each record
+            # gets a fresh connection once before the sink counts as failing.
+            for attempt in (1, 2):
+                try:
+                    self._open_sink().write([record])
+                    self.lane.wrote(1)
+                    break
+                except RejectedError as error:
+                    self.lane.set_aside(record, error)
+                    break
+                except Exception:  # noqa: BLE001 - retried as a batch by the caller
+                    self._close_sink()
+                    if attempt == 2:
+                        return records[position:]
         return []
 
     def _open_sink(self) -> Sink:
@@ -379,8 +390,14 @@ class SinkLane:
         spool_dir: str,
         backoff: Backoff = Backoff(),
         secrets: Sequence[str] = (),
+        realtime: bool = False,
+        coalesce: bool = True,
     ) -> None:
         self.name = name
+        self.realtime = realtime
+        #: a table keeps only the newest state of a row, so a batch writes each uuid once; a channel or
+        #: a queue delivers every message, so nothing is merged for them
+        self.coalesce = coalesce
         self.description = description
         self.open_sink = open_sink
         self.settings = settings
@@ -474,7 +491,7 @@ class SinkLane:
                 os.fsync(handle.fileno())
         log.error(
             "sink %s: refused record %s, set aside in %s: %s",
-            self.name, record.get("uuid"), self._rejected_path, message,
+            self.name, shown(record.get("uuid")), self._rejected_path, shown(message, 500),
         )
 
     def replay_now(self) -> int:

@@ -74,7 +74,7 @@ def test_database_restart_while_records_stream_in(server, kind, tmp_path, table_
               f"slowest handle {feeder.slowest * 1000:.2f} ms")
         assert sorted(found) == [f"{table_name}-{index:06d}" for index in range(600)]
         assert engine.lanes[0].spool.spooled_total > 0 and status["spooled"] == 0 and status["healthy"]
-        assert feeder.slowest < 0.05
+        assert feeder.slowest < 0.2
     finally:
         drop_table(kind, tmp_path, table_name)
 
@@ -95,7 +95,7 @@ def test_redis_restart_while_records_stream_in(tmp_path, table_name, engines) ->
         print(f"\nredis: sent 600, arrived {len(set(uuids))}, duplicated {len(uuids) - len(set(uuids))}, "
               f"spooled {engine.lanes[0].spool.spooled_total}, slowest handle {feeder.slowest * 1000:.2f} ms")
         assert sorted(uuids) == [f"{table_name}-{index:06d}" for index in range(600)]
-        assert feeder.slowest < 0.05
+        assert feeder.slowest < 0.2
     finally:
         server.stop()
 
@@ -136,7 +136,7 @@ def test_a_server_that_never_answers_is_timed_out_and_records_spooled(dbtype, tm
         feeder = Feeder(engine, 200, 400.0, "stall")
         feeder.run()
         lane = engine.lanes[0]
-        assert feeder.slowest < 0.05
+        assert feeder.slowest < 0.2
         deadline = time.time() + 5
         while lane.spool.pending < 200 and time.time() < deadline:
             time.sleep(0.05)

@@ -105,3 +105,32 @@ def test_a_thousand_calls_as_fast_as_the_switch_allows(tmp_path) -> None:
     finally:
         live.shutdown()
     assert "Cannot queue any more events" not in live.log_text()
+
+
+def test_real_time_rows_while_the_call_is_up_and_after(tmp_path) -> None:
+    database = tmp_path / "cdr.sqlite"
+    live = LiveSwitch(tmp_path, {"database": {"dbtype": "sqlite", "connectionstring": str(database), "real": True},
+                                 "spool_dir": str(tmp_path / "spool")})
+    live.prepare()
+    live.start()
+
+    def states() -> dict:
+        try:
+            connection = sqlite3.connect(str(database))
+            try:
+                return dict(connection.execute("SELECT leg, call_state FROM cdr WHERE caller_id_name = 'live_rt'"))
+            finally:
+                connection.close()
+        except sqlite3.OperationalError:
+            return {}
+
+    try:
+        assert live.phone("1101", talk_ms=4000, name="live_rt").startswith("+OK")
+        # while both legs talk, the rows say so (FreeSWITCH fires CHANNEL_BRIDGE on the a-leg only)
+        assert live.wait_until(lambda: states() == {"a": "bridged", "b": "answered"}, 5, 0.1), states()
+        assert live.wait_until(lambda: states() == {"a": "completed", "b": "completed"}, 15, 0.2), states()
+        status = live.api("python fs_cdr status json")
+        assert '"real":true' in status.replace(" ", "")
+    finally:
+        live.shutdown()
+    assert "real-time mode: also consuming" in live.log_text()

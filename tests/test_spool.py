@@ -190,3 +190,36 @@ def test_spooled_details_come_back_as_the_same_text(tmp_path) -> None:
     spool.append([{"uuid": "d1", "billsec": 3, "details": details}, {"uuid": "d2", "details": None}])
     ticket, records = spool.take(10)
     assert records == [{"uuid": "d1", "billsec": 3, "details": details}, {"uuid": "d2", "details": None}]
+
+
+class DroppingSink(ControlledSink):
+    """Like MySQL's error 1153: refusing a statement also drops the connection."""
+
+    def open(self) -> None:
+        self.dead = False
+        super().open()
+
+    def write(self, records) -> None:
+        if self.dead:
+            raise RetriableError("server has gone away")
+        try:
+            super().write(records)
+        except RejectedError:
+            self.dead = True
+            raise
+
+
+def test_a_refusal_that_also_drops_the_connection_does_not_loop(tmp_path) -> None:
+    state = {"down": False, "refuse": {"huge"}, "rows": {}, "writes": [], "lock": threading.Lock()}
+    lane = SinkLane("test", "dropping", lambda: DroppingSink(state),
+                    BatchSettings(batch_size=50, flush_interval_ms=10), str(tmp_path),
+                    backoff=Backoff(base_s=0.01, cap_s=0.05))
+    lane.start()
+    try:
+        for uuid in ("a", "huge", "b", "c"):
+            lane.offer({"uuid": uuid}, time.monotonic())
+        assert wait_for(lambda: lane.drained() and len(state["rows"]) == 3)
+        assert set(state["rows"]) == {"a", "b", "c"} and lane.status()["rejected"] == 1
+        assert lane.status()["retries"] < 5
+    finally:
+        lane.stop(1.0)

@@ -25,6 +25,10 @@ class FakeEvent:
         assert kind == "json"
         return json.dumps(self.headers)
 
+    def getHeader(self, name: str):  # noqa: N802 - FreeSWITCH's name
+        value = self.headers.get(name)
+        return None if value is None else str(value)
+
 
 class FakeStream:
     def __init__(self) -> None:
@@ -166,6 +170,9 @@ def test_a_broken_event_is_logged_and_the_source_keeps_going(fake_switch) -> Non
     class Broken:
         def serialize(self, kind: str) -> str:
             return "{not json"
+
+        def getHeader(self, name: str):  # noqa: N802
+            return "CHANNEL_HANGUP_COMPLETE" if name == "Event-Name" else None
 
     fake_switch.events.put(Broken())
     fake_switch.events.put(FakeEvent({"Event-Name": "CHANNEL_HANGUP_COMPLETE"}))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start the local servers the tests talk to (MariaDB, PostgreSQL, Redis) when they are not running,
+# Start the local servers the tests talk to (MariaDB, PostgreSQL, Redis, RabbitMQ) when they are not running,
 # and install the C headers mysqlclient builds against. Idempotent; loopback only.
 set -u
 
@@ -17,7 +17,7 @@ wait_port() {
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=""
-    for package in libmariadb-dev pkg-config unixodbc-dev odbc-postgresql odbc-mariadb; do
+    for package in libmariadb-dev pkg-config unixodbc-dev odbc-postgresql odbc-mariadb python3-dev; do
         dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
     done
     if [ -n "$missing" ]; then
@@ -42,5 +42,10 @@ if ! have_port 6379; then
     echo "services: starting Redis"
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
     wait_port 6379 Redis || status=1
+fi
+if ! have_port 5672 && command -v rabbitmq-server >/dev/null; then
+    echo "services: starting RabbitMQ"
+    rabbitmq-server -detached
+    wait_port 5672 RabbitMQ || status=1
 fi
 exit $status

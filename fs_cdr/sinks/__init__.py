@@ -24,6 +24,10 @@ class Target:
     description: str
     open_sink: Callable[[], Sink]
     batch: BatchSettings
+    #: takes real-time updates as well as final records
+    realtime: bool = False
+    #: several records of one uuid in a batch may be written as the last one (tables, not messages)
+    coalesce: bool = True
 
 
 def targets(config: CdrConfig) -> list[Target]:
@@ -37,25 +41,26 @@ def targets(config: CdrConfig) -> list[Target]:
         def open_sql(database=database, dialect=dialect) -> Sink:  # bind this iteration's values
             return SqlSink(dialect, database, columns)
 
-        found.append(Target(database.name, database.describe(), open_sql, database.batch))
+        found.append(Target(database.name, database.describe(), open_sql, database.batch, database.real))
     if config.redis is not None:
         from .redis import RedisSink
 
         redis_config = config.redis
         found.append(Target(redis_config.name, redis_config.describe(), lambda: RedisSink(redis_config),
-                            redis_config.batch))
+                            redis_config.batch, redis_config.real and bool(redis_config.channel), coalesce=False))
     if config.rabbitmq is not None:
         from .rabbitmq import RabbitSink
 
         rabbit_config = config.rabbitmq
         found.append(Target(rabbit_config.name, rabbit_config.describe(), lambda: RabbitSink(rabbit_config),
-                            rabbit_config.batch))
+                            rabbit_config.batch, coalesce=False))
     return found
 
 
 def lanes_for(config: CdrConfig) -> list[SinkLane]:
     secrets = config_secrets(config)
     return [
-        SinkLane(target.name, target.description, target.open_sink, target.batch, config.spool_dir, secrets=secrets)
+        SinkLane(target.name, target.description, target.open_sink, target.batch, config.spool_dir, secrets=secrets,
+                 realtime=target.realtime, coalesce=target.coalesce)
         for target in targets(config)
     ]

@@ -2,10 +2,18 @@
 
 mysqlclient rewrites ``executemany`` of ``INSERT ... VALUES (...) ON DUPLICATE KEY UPDATE`` into
 multi-row statements of at most ``max_stmt_length`` bytes, which is what makes batching pay here.
+
+A statement longer than the server's ``max_allowed_packet`` is refused with error 1153 *and the
+connection dropped*, so a single huge row would take its whole batch, and every retry, down with it.
+The connection :meth:`MySQL.connect` returns therefore measures a batch before sending it: a row that
+cannot fit is refused as that record's fault (a ``DataError`` carrying 1153, raised without sending
+anything, so the connection stays up) and set aside by the writer, and multi-row statements are kept
+below the limit.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 from ..config import DatabaseConfig
@@ -26,6 +34,42 @@ _REJECTED_CODES = frozenset(
         1452,  # foreign key constraint
     }
 )
+#: Room left in a packet for the protocol's own bytes.
+_PACKET_MARGIN = 1024
+
+
+def _upper_bound(row: Sequence[Any]) -> int:
+    """Bytes a row can take in a statement at most: 4 UTF-8 bytes a character, each escaped to 2."""
+    return sum(8 * len(value) + 3 if isinstance(value, str) else 32 for value in row) + 2 * len(row)
+
+
+@functools.lru_cache(maxsize=None)
+def _cursor_class() -> type:
+    """A cursor that will not send a statement the server must refuse for its size."""
+    import MySQLdb
+    import MySQLdb.cursors
+
+    class PacketCheckedCursor(MySQLdb.cursors.Cursor):
+        def executemany(self, query: Any, args: Any) -> Any:
+            limit = getattr(self.connection, "fs_cdr_max_packet", 0)
+            if limit and args:
+                room = limit - _PACKET_MARGIN - len(query)
+                # Multi-row statements stop short of the limit; only one row alone can exceed it.
+                self.max_stmt_length = max(1, min(type(self).max_stmt_length, room))
+                literal = self.connection.literal
+                for row in args:
+                    if _upper_bound(row) <= room:
+                        continue
+                    size = sum(len(literal(value)) + 2 for value in row)
+                    if size > room:  # a DataError: classify() calls it the record's fault
+                        raise MySQLdb.DataError(
+                            1153,
+                            f"a record of {size} bytes does not fit the server's max_allowed_packet "
+                            f"({limit} bytes); not sent",
+                        )
+            return super().executemany(query, args)
+
+    return PacketCheckedCursor
 
 
 class MySQL(Dialect):
@@ -49,8 +93,19 @@ class MySQL(Dialect):
     def upsert(self, table: str, names: Sequence[str]) -> str:
         columns = ", ".join(self.quote(name) for name in names)
         values = ", ".join("%s" for _ in names)
-        updates = ", ".join(f"{self.quote(name)} = VALUES({self.quote(name)})" for name in names if name != "uuid")
-        return f"INSERT INTO {self.quote(table)} ({columns}) VALUES ({values}) ON DUPLICATE KEY UPDATE {updates}"
+        quote = self.quote
+        if "event_seq" in names:
+            # MySQL applies the assignments left to right, each seeing the ones before: the condition
+            # reads call_state and event_seq, so those two are assigned last (event_seq first: once it
+            # holds the new value the condition is still true for call_state, see Dialect.fresher).
+            condition = (f"(VALUES({quote('call_state')}) = 'completed' OR (({quote('call_state')} IS NULL OR "
+                         f"{quote('call_state')} <> 'completed') AND COALESCE(VALUES({quote('event_seq')}), 0) >= "
+                         f"COALESCE({quote('event_seq')}, 0)))")
+            ordered = [name for name in names if name not in ("uuid", "event_seq", "call_state")] + ["event_seq", "call_state"]
+            updates = ", ".join(f"{quote(name)} = IF({condition}, VALUES({quote(name)}), {quote(name)})" for name in ordered)
+        else:
+            updates = ", ".join(f"{quote(name)} = VALUES({quote(name)})" for name in names if name != "uuid")
+        return f"INSERT INTO {quote(table)} ({columns}) VALUES ({values}) ON DUPLICATE KEY UPDATE {updates}"
 
     def columns_query(self, table: str) -> tuple[str, tuple[Any, ...]]:
         return (
@@ -62,7 +117,7 @@ class MySQL(Dialect):
         import MySQLdb
 
         timeout = max(1, int(round(timeout_s)))
-        return MySQLdb.connect(
+        connection = MySQLdb.connect(
             host=config.host,
             port=config.port,
             user=config.username or "root",
@@ -74,7 +129,21 @@ class MySQL(Dialect):
             read_timeout=timeout,
             write_timeout=timeout,
             autocommit=False,
+            cursorclass=_cursor_class(),
         )
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute("SELECT @@max_allowed_packet")
+                (limit,) = cursor.fetchone()
+            finally:
+                cursor.close()
+            connection.commit()
+            connection.fs_cdr_max_packet = int(limit)
+        except Exception:
+            connection.close()
+            raise
+        return connection
 
     def classify(self, error: BaseException) -> SinkError:
         import MySQLdb

@@ -284,7 +284,8 @@ class Oracle(Dialect):
             f"MERGE INTO {quote(table)} t "
             f"USING (SELECT {selected} FROM DUAL) s "
             f"ON (t.{quote('uuid')} = s.{quote('uuid')})"
-            + (f" WHEN MATCHED THEN UPDATE SET {updates}" if updates else "")
+            + (f" WHEN MATCHED THEN UPDATE SET {updates}"
+               + (f" WHERE {self.fresher('t', 's')}" if "event_seq" in names else "") if updates else "")
             + f" WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({inserted})"  # no ';': oracledb refuses it
         )
         self.statements[statement] = tuple(names)

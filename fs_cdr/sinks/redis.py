@@ -72,16 +72,20 @@ class RedisSink:
         if client is None:
             raise RetriableError("not connected")
         documents = [payload(record) for record in records]
+        # Real-time updates (call_state other than completed) are only published; the list and the
+        # stream carry final records, one per leg.
+        final = [(record, document) for record, document in zip(records, documents)
+                 if record.get("call_state", "completed") == "completed"]
         try:
             pipeline = client.pipeline(transaction=False)
-            if self.config.list:
-                pipeline.lpush(self.config.list, *documents)
+            if self.config.list and final:
+                pipeline.lpush(self.config.list, *(document for _, document in final))
             if self.config.channel:
                 for document in documents:
                     pipeline.publish(self.config.channel, document)
             if self.config.stream:
                 maxlen = self.config.stream_maxlen or None
-                for record, document in zip(records, documents):
+                for record, document in final:
                     pipeline.xadd(self.config.stream, {"uuid": str(record["uuid"]), "record": document},
                                   maxlen=maxlen, approximate=True)
             pipeline.execute()

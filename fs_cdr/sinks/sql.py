@@ -18,6 +18,10 @@ from ..schema import Column
 
 log = logging.getLogger("fs_cdr.sinks.sql")
 
+#: call_state of a real-time row whose leg turned out to be left out (process_cdr, skip variable):
+#: the row written while the call was up is deleted.
+REMOVED = "removed"
+
 
 class Dialect:
     """The SQL one database speaks. Subclasses set the class attributes and override as needed."""
@@ -42,6 +46,15 @@ class Dialect:
     def upsert(self, table: str, names: Sequence[str]) -> str:
         raise NotImplementedError
 
+    def fresher(self, existing: str, incoming: str) -> str:
+        """The condition under which an upsert may replace the stored row: a completed (hangup)
+        record always may; a real-time update only over a row that is not completed and not newer.
+        So a replayed or late update can never roll a row back. ``existing``/``incoming`` are the
+        SQL names of the stored and the new row (``t``, ``EXCLUDED``...)."""
+        state, seq = self.quote("call_state"), self.quote("event_seq")
+        return (f"({incoming}.{state} = 'completed' OR (({existing}.{state} IS NULL OR "
+                f"{existing}.{state} <> 'completed') AND COALESCE({incoming}.{seq}, 0) >= COALESCE({existing}.{seq}, 0)))")
+
     def columns_query(self, table: str) -> tuple[str, tuple[Any, ...]]:
         """A query whose rows' first value is a column name of ``table`` (no rows: no table)."""
         raise NotImplementedError
@@ -63,6 +76,8 @@ class SqlSink:
         self.columns = tuple(columns)
         self.names = tuple(column.name for column in columns)
         self.statement = dialect.upsert(config.table, self.names)
+        self.delete_statement = (f"DELETE FROM {dialect.quote(config.table)} "
+                                 f"WHERE {dialect.quote('uuid')} = {dialect.placeholder}")
         self.create = create
         self.connection: Any = None
 
@@ -137,10 +152,16 @@ class SqlSink:
         connection = self.connection
         if connection is None:
             raise RetriableError("not connected")
+        removed = [(record["uuid"],) for record in records if record.get("call_state") == REMOVED]
+        if removed:
+            records = [record for record in records if record.get("call_state") != REMOVED]
         try:
             cursor = connection.cursor()
             try:
-                cursor.executemany(self.statement, self.rows(records))
+                if records:
+                    cursor.executemany(self.statement, self.rows(records))
+                if removed:
+                    cursor.executemany(self.delete_statement, removed)
             finally:
                 cursor.close()
             connection.commit()

@@ -32,9 +32,10 @@ class SQLite(Dialect):
         columns = ", ".join(self.quote(name) for name in names)
         values = ", ".join("?" for _ in names)
         updates = ", ".join(f"{self.quote(name)} = excluded.{self.quote(name)}" for name in names if name != "uuid")
+        guard = f" WHERE {self.fresher(self.quote(table), 'excluded')}" if "event_seq" in names else ""
         return (
             f"INSERT INTO {self.quote(table)} ({columns}) VALUES ({values}) "
-            f"ON CONFLICT ({self.quote('uuid')}) DO UPDATE SET {updates}"
+            f"ON CONFLICT ({self.quote('uuid')}) DO UPDATE SET {updates}{guard}"
         )
 
     def columns_query(self, table: str) -> tuple[str, tuple[Any, ...]]:
@@ -48,4 +49,7 @@ class SQLite(Dialect):
         return connection
 
     def classify(self, error: BaseException) -> SinkError:
-        return rejected_or_retriable(error, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError))
+        # UnicodeEncodeError (a lone surrogate) and OverflowError (an integer past 64 bits) are the
+        # record's fault: retrying cannot help, so they are set aside like a refused row.
+        return rejected_or_retriable(error, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
+                                             UnicodeEncodeError, OverflowError))

@@ -163,7 +163,8 @@ class SqlServer(Dialect):
             f"MERGE INTO {quote(table)} WITH (HOLDLOCK) AS t "
             f"USING (VALUES ({values})) AS s ({columns}) "
             f"ON t.{quote('uuid')} = s.{quote('uuid')} "
-            + (f"WHEN MATCHED THEN UPDATE SET {updates} " if updates else "")
+            + (f"WHEN MATCHED{' AND ' + self.fresher('t', 's') if 'event_seq' in names else ''} "
+               f"THEN UPDATE SET {updates} " if updates else "")
             + f"WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({inserted});"  # MERGE must end with ';'
         )
         self.statements[statement] = tuple(names)

@@ -181,3 +181,81 @@ def test_several_switches_write_one_table_at_once(kind, tmp_path, table_name) ->
         for engine in engines_:
             engine.stop()
         drop_table(kind, tmp_path, table_name)
+
+
+def _start_redis(directory, port: int, *extra: str) -> None:
+    subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+                    "--save", "", "--appendonly", "no", "--daemonize", "yes",
+                    "--logfile", str(directory / f"{port}.log"), *extra], check=True, capture_output=True)
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    """A private three-node Redis Cluster on loopback."""
+    ports = (7101, 7102, 7103)
+    for port in ports:
+        (tmp_path / str(port)).mkdir()
+        _start_redis(tmp_path / str(port), port, "--cluster-enabled", "yes",
+                     "--cluster-config-file", str(tmp_path / str(port) / "nodes.conf"))
+    time.sleep(0.5)
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    import redis
+
+    deadline = time.time() + 20
+    while redis.Redis(port=ports[0]).cluster("info").get("cluster_state") != "ok" and time.time() < deadline:
+        time.sleep(0.2)
+    yield ports[0]
+    for port in ports:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+
+
+def test_redis_cluster_list_stream_and_channel_with_hash_tags(redis_cluster, tmp_path, engines) -> None:
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster(host="127.0.0.1", port=redis_cluster)
+    pubsub = client.pubsub()
+    pubsub.subscribe("cdr:{fs1}")
+    time.sleep(0.2)
+    engine = engines(make_config({"cdr": {"redis": {
+        "host": "127.0.0.1", "port": redis_cluster, "cluster": True,
+        "list": "cdr:{fs1}:list", "stream": "cdr:{fs1}:stream", "channel": "cdr:{fs1}"}}}, tmp_path))
+    for index in range(100):
+        engine.handle(event("cluster", index))
+    assert engine.flush(20), engine.status()
+    assert client.llen("cdr:{fs1}:list") == 100 and client.xlen("cdr:{fs1}:stream") == 100
+    received = 0
+    deadline = time.time() + 5
+    while received < 100 and time.time() < deadline:
+        message = pubsub.get_message(timeout=0.5)
+        if message and message["type"] == "message":
+            received += 1
+    assert received == 100
+    pubsub.close()
+
+
+def test_redis_behind_sentinel(tmp_path, engines) -> None:
+    import redis
+
+    _start_redis(tmp_path, 7201)
+    sentinel_conf = tmp_path / "sentinel.conf"
+    sentinel_conf.write_text("port 26391\nbind 127.0.0.1\nsentinel monitor fs_cdr_test 127.0.0.1 7201 1\n")
+    subprocess.run(["redis-server", str(sentinel_conf), "--sentinel", "--daemonize", "yes",
+                    "--logfile", str(tmp_path / "sentinel.log")], check=True, capture_output=True)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if redis.Redis(port=26391).sentinel_master("fs_cdr_test"):
+                    break
+            except redis.RedisError:
+                time.sleep(0.2)
+        engine = engines(make_config({"cdr": {"redis": {
+            "sentinels": [["127.0.0.1", 26391]], "service_name": "fs_cdr_test", "list": "cdr"}}}, tmp_path))
+        for index in range(20):
+            engine.handle(event("sentinel", index))
+        assert engine.flush(20), engine.status()
+        assert redis.Redis(port=7201).llen("cdr") == 20
+    finally:
+        subprocess.run(["redis-cli", "-p", "26391", "shutdown", "nosave"], capture_output=True)
+        subprocess.run(["redis-cli", "-p", "7201", "shutdown", "nosave"], capture_output=True)

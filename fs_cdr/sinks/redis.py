@@ -80,7 +80,9 @@ class RedisSink:
             pipeline = client.pipeline(transaction=False)
             if self.config.list and final:
                 pipeline.lpush(self.config.list, *(document for _, document in final))
-            if self.config.channel:
+            # redis-py refuses PUBLISH inside a cluster pipeline: there it goes after, one call each
+            publish_in_pipeline = not self.config.cluster
+            if self.config.channel and publish_in_pipeline:
                 for document in documents:
                     pipeline.publish(self.config.channel, document)
             if self.config.stream:
@@ -89,6 +91,9 @@ class RedisSink:
                     pipeline.xadd(self.config.stream, {"uuid": str(record["uuid"]), "record": document},
                                   maxlen=maxlen, approximate=True)
             pipeline.execute()
+            if self.config.channel and not publish_in_pipeline:
+                for document in documents:
+                    client.publish(self.config.channel, document)
         except Exception as error:
             # Nothing a record contains can make LPUSH or PUBLISH fail: every error is the server's.
             raise RetriableError(str(error)) from error

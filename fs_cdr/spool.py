@@ -28,6 +28,13 @@ SEGMENT_BYTES = 8 * 1024 * 1024
 SUFFIX = ".jsonl"
 
 
+def _append_synced(handle: "IO[bytes]", data: bytes) -> None:
+    """Append and fsync: only after this are the bytes safe from a crash."""
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
 class SpoolBusy(CdrError):
     """Another fs_cdr (a running FreeSWITCH, a ``fs-cdr replay``) owns this spool directory."""
 
@@ -102,9 +109,7 @@ class Spool:
             if self._handle is None or self._active_bytes > SEGMENT_BYTES:
                 self._roll()
             assert self._handle is not None
-            self._handle.write(data)
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
+            _append_synced(self._handle, data)
             self._active_bytes += len(data)
             self.pending += count
             self.spooled_total += count
@@ -232,9 +237,7 @@ class Journal:
             if self._handle is None or self._active_bytes > SEGMENT_BYTES:
                 self._roll()
             assert self._handle is not None
-            self._handle.write(data)
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
+            _append_synced(self._handle, data)
             self._active_bytes += len(data)
             self._held[self._active] = self._held.get(self._active, 0) + len(records)
             self.journaled_total += len(records)

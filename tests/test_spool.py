@@ -100,7 +100,7 @@ def test_records_for_a_down_sink_are_spooled_within_the_window_then_replayed_onc
     try:
         for index in range(200):
             lane.offer({"uuid": f"call-{index}"}, time.monotonic())
-        assert wait_for(lambda: lane.spool.pending == 200, 2.0), lane.status()
+        assert wait_for(lambda: lane.spool.pending == 200, 5.0), lane.status()
         assert lane.queued() == 0 and not lane.healthy
         state["down"] = False
         assert wait_for(lambda: len(state["rows"]) == 200)

@@ -26,14 +26,7 @@ class PostgreSQL(Dialect):
     }
 
     def upsert(self, table: str, names: Sequence[str]) -> str:
-        columns = ", ".join(self.quote(name) for name in names)
-        values = ", ".join("%s" for _ in names)
-        updates = ", ".join(f"{self.quote(name)} = EXCLUDED.{self.quote(name)}" for name in names if name != "uuid")
-        guard = f" WHERE {self.fresher(self.quote(table), 'EXCLUDED')}" if "event_seq" in names else ""
-        return (
-            f"INSERT INTO {self.quote(table)} ({columns}) VALUES ({values}) "
-            f"ON CONFLICT ({self.quote('uuid')}) DO UPDATE SET {updates}{guard}"
-        )
+        return self.on_conflict_upsert(table, names, "EXCLUDED")
 
     def columns_query(self, table: str) -> tuple[str, tuple[Any, ...]]:
         return (

@@ -46,6 +46,17 @@ class Dialect:
     def upsert(self, table: str, names: Sequence[str]) -> str:
         raise NotImplementedError
 
+    def on_conflict_upsert(self, table: str, names: Sequence[str], incoming: str) -> str:
+        """``INSERT ... ON CONFLICT (uuid) DO UPDATE ... WHERE fresher``: PostgreSQL's and SQLite's
+        upsert (``incoming`` is how each spells the new row: ``EXCLUDED`` / ``excluded``)."""
+        quote = self.quote
+        columns = ", ".join(quote(name) for name in names)
+        values = ", ".join(self.placeholder for _ in names)
+        updates = ", ".join(f"{quote(name)} = {incoming}.{quote(name)}" for name in names if name != "uuid")
+        guard = f" WHERE {self.fresher(quote(table), incoming)}" if "event_seq" in names else ""
+        return (f"INSERT INTO {quote(table)} ({columns}) VALUES ({values}) "
+                f"ON CONFLICT ({quote('uuid')}) DO UPDATE SET {updates}{guard}")
+
     def fresher(self, existing: str, incoming: str) -> str:
         """The condition under which an upsert may replace the stored row: a completed (hangup)
         record always may; a real-time update only over a row that is not completed and not newer.

@@ -62,12 +62,14 @@ class LiveSwitch:
     """One FreeSWITCH process with a configuration of its own under ``root``."""
 
     def __init__(self, root: Path, cdr: dict[str, Any], fs_cdr: bool = True,
-                 native_cdr: tuple[str, ...] = ()) -> None:
+                 native_cdr: tuple[str, ...] = (), config_argument: bool = True) -> None:
         """``fs_cdr``: start fs_cdr with FreeSWITCH; ``native_cdr``: FreeSWITCH's own CDR modules to
         keep loaded (all are off otherwise; the benchmark compares with them)."""
         self.root = root
         self.fs_cdr = fs_cdr
         self.native_cdr = native_cdr
+        #: False: no path in python.conf.xml; cdr.json is then found in the conf directory
+        self.config_argument = config_argument
         self.conf = root / "conf"
         self.log_dir = root / "log"
         self.scripts = root / "scripts"
@@ -91,7 +93,10 @@ class LiveSwitch:
         (self.scripts / "fs_cdr").symlink_to(REPO / "fs_cdr")
         # fs_cdr starts with FreeSWITCH, from the repository's python.conf.xml
         python_conf = (REPO / "freeswitch/autoload_configs/python.conf.xml").read_text()
-        python_conf = python_conf.replace('value="fs_cdr"', f'value="fs_cdr {self.cdr_path}"')
+        if self.config_argument:
+            python_conf = python_conf.replace('value="fs_cdr"', f'value="fs_cdr {self.cdr_path}"')
+        else:
+            shutil.copy(self.cdr_path, self.conf / "cdr.json")
         if not self.fs_cdr:
             python_conf = python_conf.replace('<param name="startup-script"', '<!-- param name="startup-script"')
             python_conf = python_conf.replace('/>\n  </settings>', '-->\n  </settings>')

@@ -134,3 +134,19 @@ def test_real_time_rows_while_the_call_is_up_and_after(tmp_path) -> None:
     finally:
         live.shutdown()
     assert "real-time mode: also consuming" in live.log_text()
+
+
+def test_startup_without_a_path_finds_cdr_json_in_the_conf_directory(tmp_path) -> None:
+    """The shipped python.conf.xml names no path: fs_cdr must find conf/cdr.json by itself."""
+    database = tmp_path / "cdr.sqlite"
+    live = LiveSwitch(tmp_path, {"database": {"dbtype": "sqlite", "connectionstring": str(database)},
+                                 "spool_dir": str(tmp_path / "spool")}, config_argument=False)
+    live.prepare()
+    live.start()
+    try:
+        status = live.api("python fs_cdr status")
+        assert f"config {live.conf / 'cdr.json'}" in status, status
+        assert live.api("originate null/np 4298 XML default").startswith("+OK")
+        assert live.wait_until(lambda: count(database) == 1, 10)
+    finally:
+        live.shutdown()

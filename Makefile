@@ -7,6 +7,7 @@ FS_PREFIX ?= /usr/local/freeswitch
 .PHONY: demo test schema check bench install-freeswitch clean
 
 $(VENV)/.installed-%: pyproject.toml
+	tools/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$*]"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Start the local servers the tests talk to (MariaDB, PostgreSQL, Redis, RabbitMQ) when they are not running,
-# and install the C headers mysqlclient builds against. Idempotent; loopback only.
+# Start the local servers the tests talk to (MariaDB, PostgreSQL, Redis, RabbitMQ) when they are not
+# running. Idempotent; loopback only.
 set -u
 
 have_port() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -14,18 +14,6 @@ wait_port() {
     echo "services: $name did not come up on 127.0.0.1:$port" >&2
     return 1
 }
-
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    missing=""
-    for package in libmariadb-dev pkg-config unixodbc-dev odbc-postgresql odbc-mariadb python3-dev; do
-        dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
-    done
-    if [ -n "$missing" ]; then
-        echo "services: installing$missing"
-        apt-get update -qq >/dev/null 2>&1 || true
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $missing >/dev/null
-    fi
-fi
 
 status=0
 if ! have_port 3306; then

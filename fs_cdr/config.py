@@ -86,7 +86,10 @@ class DatabaseConfig:
             return f"sqlite:{self.path} table {self.table}"
         if self.odbc:
             return f"{self.dbtype}:odbc table {self.table}"
-        return f"{self.dbtype}://{self.host}:{self.port}/{self.database} table {self.table}"
+        where = f"{self.dbtype}://{self.host}:{self.port}/{self.database} table {self.table}"
+        key = {"mysql": "ssl_mode", "postgresql": "sslmode"}.get(self.dbtype, "")
+        mode = self.options.get(key) if key else None
+        return f"{where} ({key} {mode})" if mode else where
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,15 @@ class RedisConfig:
     db: int = 0
     username: str = ""
     password: str = field(default="", repr=False)
+    #: TLS (a ``rediss://`` url sets it): to the server, the cluster's nodes, or the sentinels and master
+    ssl: bool = False
+    #: PEM files: the CA that signed the server's certificate (else the system's CAs), and this
+    #: client's certificate and key when the server asks for one (``tls-auth-clients``)
+    ssl_ca_certs: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    #: ``required``: the server's certificate must be valid and name the host; ``none``: not checked
+    ssl_cert_reqs: str = "required"
     name: str = "redis"
     batch: BatchSettings = BatchSettings()
 
@@ -122,8 +134,9 @@ class RedisConfig:
             targets.append(f"channel {self.channel}")
         if self.stream:
             targets.append(f"stream {self.stream}")
-        where = (f"sentinel {self.service_name}" if self.sentinels
-                 else f"redis{'-cluster' if self.cluster else ''}://{self.host}:{self.port}/{self.db}")
+        scheme = "rediss" if self.ssl else "redis"
+        where = (f"sentinel {self.service_name}{' (TLS)' if self.ssl else ''}" if self.sentinels
+                 else f"{scheme}{'-cluster' if self.cluster else ''}://{self.host}:{self.port}/{self.db}")
         return f"{where} " + ", ".join(targets)
 
 
@@ -335,6 +348,8 @@ def _parse_connection(dbtype: str, text: str, path: str, paths: Paths) -> dict[s
             "username": unquote(url.username or ""),
             "password": unquote(url.password or ""),
             "options": dict(parse_qsl(url.query)),
+            # checked name by name for mysql and postgresql (see _sql_options)
+            "query": url.query,
         }
     match = _SEED_ADDRESS.match(text) or (_EASY_CONNECT.match(text) if dbtype == "oracle" else None)
     if not match:
@@ -346,6 +361,95 @@ def _parse_connection(dbtype: str, text: str, path: str, paths: Paths) -> dict[s
     if not 0 <= port < 65536 or (port == 0 and dbtype != "odbc"):
         raise ConfigError(path, f"port {port} is out of range")
     return {"host": match.group("host"), "port": port, "database": match.group("database")}
+
+
+#: How a connection option's value is checked: a tuple lists the accepted words (matched without regard
+#: to case, stored as spelled here); _FILE is a file (relative to cdr.json); _TEXT any text.
+_FILE, _TEXT, _METHODS = "file", "text", "methods"
+MYSQL_SSL_MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")
+#: MySQL/MariaDB: TLS, in the connection URL's query (mysql://host:3306/db?ssl_mode=VERIFY_IDENTITY&ssl_ca=ca.pem),
+#: given to mysqlclient as connect(ssl_mode=..., ssl={"ca": ..., "cert": ..., "key": ...}).
+MYSQL_OPTIONS: dict[str, Any] = {"ssl_mode": MYSQL_SSL_MODES, "ssl_ca": _FILE, "ssl_cert": _FILE, "ssl_key": _FILE}
+#: PostgreSQL: the libpq keywords a connection URL's query may set; they reach psycopg.connect as they are
+#: (``options`` is prepended to fs_cdr's own ``-c statement_timeout``, ``application_name`` replaces "fs_cdr").
+POSTGRES_OPTIONS: dict[str, Any] = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "sslrootcert": _FILE,  # or "system": the operating system's CAs
+    "sslcert": _FILE,
+    "sslkey": _FILE,
+    "sslcrl": _FILE,
+    "ssl_min_protocol_version": ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "require_auth": _METHODS,
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+    "application_name": _TEXT,
+    "options": _TEXT,
+}
+_AUTH_METHODS = ("password", "md5", "gss", "sspi", "scram-sha-256", "none")
+#: libpq keywords that fs_cdr sets from elsewhere: where they belong instead.
+_POSTGRES_ELSEWHERE = {
+    "host": "the URL's host", "hostaddr": "the URL's host", "port": "the URL's port", "dbname": "the URL's path",
+    "user": "user@ in the URL or the username key", "password": "user:password@ in the URL or the password key",
+    "connect_timeout": "timeout_s", "tcp_user_timeout": "timeout_s", "keepalives": "timeout_s",
+    "keepalives_idle": "timeout_s", "keepalives_interval": "timeout_s", "keepalives_count": "timeout_s",
+}
+
+
+def _option_file(value: str, name: str, path: str, base: str) -> str:
+    """A certificate or key file: relative to cdr.json, and it must exist now (a typo is a
+    configuration error naming the key, not a connection that fails forever)."""
+    resolved = os.path.join(base, value)
+    if not os.path.isfile(resolved):
+        raise ConfigError(path, f"{name}: no such file {resolved!r}")
+    return resolved
+
+
+def _sql_options(dbtype: str, query: str, path: str, base: str, secrets: Iterable[str]) -> dict[str, str]:
+    """The URL query of a mysql or postgresql connection string, checked name by name: an unknown
+    option is an error, not a setting the driver silently ignores (or a TLS silently not used).
+    Messages name options, never their values, and never a name that holds one of ``secrets`` (a
+    mistyped URL can put its password in the query)."""
+    known = MYSQL_OPTIONS if dbtype == "mysql" else POSTGRES_OPTIONS
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        shown_name = repr(mask_secrets(name[:40], secrets))
+        if name in options:
+            raise ConfigError(path, f"URL option {shown_name} is given twice")
+        if dbtype == "postgresql" and name in _POSTGRES_ELSEWHERE:
+            raise ConfigError(path, f"URL option {shown_name} is not set in the query: use {_POSTGRES_ELSEWHERE[name]}")
+        kind = known.get(name)
+        if kind is None:
+            raise ConfigError(path, f"unknown URL option {shown_name} (known for {dbtype}: {', '.join(known)})")
+        if not value:
+            raise ConfigError(path, f"URL option {name} has no value")
+        if isinstance(kind, tuple):
+            spelled = {word.lower(): word for word in kind}.get(value.lower())
+            if spelled is None:
+                raise ConfigError(path, f"URL option {name} must be one of {', '.join(kind)}")
+            value = spelled
+        elif kind == _FILE and not (name == "sslrootcert" and value == "system"):
+            value = _option_file(value, name, path, base)
+        elif kind == _METHODS:
+            for method in value.split(","):
+                if method.lstrip("!") not in _AUTH_METHODS:
+                    raise ConfigError(path, f"URL option require_auth: {mask_secrets(method[:40], secrets)!r} is not one of "
+                                            f"{', '.join(_AUTH_METHODS)} (each may start with !)")
+        options[name] = value
+    mode_key, ca_key, cert_key, key_key = (("ssl_mode", "ssl_ca", "ssl_cert", "ssl_key") if dbtype == "mysql"
+                                           else ("sslmode", "sslrootcert", "sslcert", "sslkey"))
+    if (cert_key in options) != (key_key in options):
+        raise ConfigError(path, f"URL options {cert_key} and {key_key} go together (the client's certificate and its key)")
+    files = [name for name in options if known[name] == _FILE]
+    mode = options.get(mode_key)
+    if mode in ("DISABLED", "disable") and files:
+        raise ConfigError(path, f"URL option {mode_key}={mode} contradicts {', '.join(files)}")
+    if mode is None and files:
+        # a CA given means the server must prove who it is; a client certificate alone means TLS
+        if ca_key in options:
+            options[mode_key] = "VERIFY_IDENTITY" if dbtype == "mysql" else "verify-full"
+        elif cert_key in options:
+            options[mode_key] = "REQUIRED" if dbtype == "mysql" else "require"
+    return options
 
 
 def _database(value: object, path: str, paths: Paths, index: int, base: str) -> DatabaseConfig:
@@ -360,8 +464,12 @@ def _database(value: object, path: str, paths: Paths, index: int, base: str) -> 
     if not IDENTIFIER.match(table):
         raise ConfigError(section.key("table"), f"table name {table!r} must be letters, digits and _")
     parts = _parse_connection(dbtype, section.text("connectionstring"), section.key("connectionstring"), paths)
+    query = parts.pop("query", "")
     url_username = parts.pop("username", "")
     url_password = parts.pop("password", "")
+    if dbtype in ("mysql", "postgresql"):
+        parts["options"] = _sql_options(dbtype, query, section.key("connectionstring"), base,
+                                        (url_password, section.text("password")))
     if parts.get("path"):
         parts["path"] = os.path.join(base, parts["path"])
     dialect = section.text("dialect")
@@ -386,9 +494,34 @@ def _database(value: object, path: str, paths: Paths, index: int, base: str) -> 
     return config
 
 
-def _redis(value: object, path: str, real_default: bool = False) -> RedisConfig:
+REDIS_CERT_REQS = ("required", "none")
+
+
+def _redis_tls(section: _Section, rediss: bool, base: str) -> dict[str, Any]:
+    """``ssl`` and the files and checks that go with it; a rediss:// url means ``"ssl": true``."""
+    ssl = section.boolean("ssl", rediss)
+    if rediss and not ssl:
+        raise ConfigError(section.key("ssl"), "a rediss:// url means TLS: leave \"ssl\" out or use redis://")
+    settings: dict[str, Any] = {"ssl": ssl}
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        value = section.text(name)
+        settings[name] = _option_file(value, name, section.key(name), base) if value else ""
+    settings["ssl_cert_reqs"] = section.text("ssl_cert_reqs", "required")
+    if settings["ssl_cert_reqs"] not in REDIS_CERT_REQS:
+        raise ConfigError(section.key("ssl_cert_reqs"), f"one of {', '.join(REDIS_CERT_REQS)}")
+    if not ssl:
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+            if section.value.get(name) is not None:
+                raise ConfigError(section.key(name), "needs \"ssl\": true (or a rediss:// url)")
+    if settings["ssl_keyfile"] and not settings["ssl_certfile"]:
+        raise ConfigError(section.key("ssl_keyfile"), "a client key needs its certificate: set ssl_certfile")
+    return settings
+
+
+def _redis(value: object, path: str, real_default: bool = False, base: str = "") -> RedisConfig:
     section = _Section(path, value)
     host, port, db, username, password = "127.0.0.1", 6379, 0, "", ""
+    rediss = False
     url_text = section.text("url")
     if url_text:
         url, port = _split_url(url_text, section.key("url"), "redis://[user:password@]host:port/db")
@@ -400,6 +533,8 @@ def _redis(value: object, path: str, real_default: bool = False) -> RedisConfig:
             raise ConfigError(section.key("url"), "the database after the last / must be a number")
         db = int(number) if number else 0
         username, password = unquote(url.username or ""), unquote(url.password or "")
+        rediss = url.scheme == "rediss"
+    tls = _redis_tls(section, rediss, base or os.getcwd())
     sentinels_raw = section.get("sentinels") or []
     sentinels = []
     if not isinstance(sentinels_raw, list):
@@ -425,6 +560,7 @@ def _redis(value: object, path: str, real_default: bool = False) -> RedisConfig:
         password=section.text("password", password),
         name=section.text("name", "redis"),
         batch=_batch(section, BatchSettings()),
+        **tls,
     )
     section.done()
     if not config.channel and not config.list and not config.stream:
@@ -523,7 +659,7 @@ def parse_config(document: object, paths: Paths = Paths(), source: str = "") -> 
     else:
         databases = (_database(raw_databases, "cdr.database", paths, 0, base),)
     raw_redis = section.get("redis")
-    redis = (_redis(raw_redis, "cdr.redis", any(database.real for database in databases))
+    redis = (_redis(raw_redis, "cdr.redis", any(database.real for database in databases), base)
              if raw_redis is not None else None)
     raw_rabbitmq = section.get("rabbitmq")
     rabbitmq = _rabbitmq(raw_rabbitmq, "cdr.rabbitmq") if raw_rabbitmq is not None else None

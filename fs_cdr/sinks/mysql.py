@@ -34,6 +34,8 @@ _REJECTED_CODES = frozenset(
         1452,  # foreign key constraint
     }
 )
+#: ssl_mode values under which a connection must be encrypted.
+_TLS_REQUIRED = frozenset({"REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY"})
 #: Room left in a packet for the protocol's own bytes.
 _PACKET_MARGIN = 1024
 
@@ -117,6 +119,16 @@ class MySQL(Dialect):
         import MySQLdb
 
         timeout = max(1, int(round(timeout_s)))
+        # TLS from the URL's query (checked by config._sql_options): ssl_mode, and the files as
+        # mysqlclient's ssl={"ca": ..., "cert": ..., "key": ...}. Passed only when set, so a
+        # configuration without TLS still works with a mysqlclient that predates ssl_mode.
+        tls: dict[str, Any] = {}
+        ssl_mode = config.options.get("ssl_mode", "")
+        if ssl_mode:
+            tls["ssl_mode"] = ssl_mode
+        files = {key: config.options[f"ssl_{key}"] for key in ("ca", "cert", "key") if config.options.get(f"ssl_{key}")}
+        if files:
+            tls["ssl"] = files
         connection = MySQLdb.connect(
             host=config.host,
             port=config.port,
@@ -130,12 +142,23 @@ class MySQL(Dialect):
             write_timeout=timeout,
             autocommit=False,
             cursorclass=_cursor_class(),
+            **tls,
         )
         try:
             cursor = connection.cursor()
             try:
                 cursor.execute("SELECT @@max_allowed_packet")
                 (limit,) = cursor.fetchone()
+                if ssl_mode in _TLS_REQUIRED:
+                    # With MariaDB's Connector/C, mysqlclient's ssl_mode=REQUIRED does not refuse a
+                    # server without TLS (VERIFY_CA and VERIFY_IDENTITY do): check that this session
+                    # is encrypted before anything is written over it.
+                    cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+                    found = cursor.fetchone()
+                    if not found or not found[1]:
+                        raise MySQLdb.OperationalError(
+                            2026, f"TLS/SSL error: ssl_mode={ssl_mode}, but the server did not encrypt the "
+                                  "connection (it offers no TLS); nothing was written over it")
             finally:
                 cursor.close()
             connection.commit()

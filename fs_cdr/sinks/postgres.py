@@ -39,6 +39,11 @@ class PostgreSQL(Dialect):
         import psycopg
 
         timeout_ms = int(timeout_s * 1000)
+        # The URL's query (libpq keywords, checked by config._sql_options): TLS and the rest, as they are;
+        # the server options given there come before fs_cdr's statement_timeout, which must hold.
+        options = dict(config.options)
+        server_options = " ".join(filter(None, (options.pop("options", ""), f"-c statement_timeout={timeout_ms}")))
+        application_name = options.pop("application_name", "fs_cdr")
         return psycopg.connect(
             host=config.host,
             port=config.port,
@@ -53,9 +58,9 @@ class PostgreSQL(Dialect):
             keepalives_idle=max(1, int(timeout_s)),
             keepalives_interval=1,
             keepalives_count=3,
-            options=f"-c statement_timeout={timeout_ms}",
-            application_name="fs_cdr",
-            **dict(config.options),
+            options=server_options,
+            application_name=application_name,
+            **options,
         )
 
     def classify(self, error: BaseException) -> SinkError:

@@ -44,6 +44,11 @@ class RedisSink:
             # (and spools meanwhile), so a failure must surface at once.
             retry=Retry(NoBackoff(), 0),
         )
+        tls: dict[str, Any] = {}
+        if settings.ssl:
+            tls = dict(ssl=True, ssl_cert_reqs=settings.ssl_cert_reqs, ssl_ca_certs=settings.ssl_ca_certs or None,
+                       ssl_certfile=settings.ssl_certfile or None, ssl_keyfile=settings.ssl_keyfile or None)
+            common.update(tls)
         try:
             if settings.cluster:
                 from redis.cluster import RedisCluster
@@ -52,8 +57,9 @@ class RedisSink:
             elif settings.sentinels:
                 from redis.sentinel import Sentinel
 
+                # with ssl, the sentinels are asked over TLS too
                 sentinel = Sentinel(list(settings.sentinels), socket_timeout=timeout,
-                                    sentinel_kwargs={"socket_timeout": timeout})
+                                    sentinel_kwargs={"socket_timeout": timeout, **tls})
                 client = sentinel.master_for(settings.service_name, db=settings.db, **common)
             else:
                 client = redis.Redis(host=settings.host, port=settings.port, db=settings.db,

@@ -22,7 +22,6 @@ from fs_cdr.engine import Engine
 from fs_cdr.metrics import prometheus
 from fs_cdr.record import RecordBuilder
 
-NATIVE = os.path.join(os.path.dirname(HERE), "..", "shared", "fixtures", "freeswitch", "native")
 NATIVE_COPY = os.path.join(HERE, "native")
 COMPARED = ("uuid", "leg", "direction", "originator", "bridge_uuid", "caller_id_number", "destination_number",
             "start_epoch", "answer_epoch", "end_epoch", "duration", "billsec", "hangup_cause", "switchname",

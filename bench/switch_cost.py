@@ -70,6 +70,8 @@ def freeswitch_rows(directory: Path, calls: int) -> list[tuple[str, str, str, st
     variants: list[tuple[str, dict[str, Any], bool, tuple[str, ...]]] = [
         ("no CDR module", {"log": True}, False, ()),
         ("mod_cdr_sqlite", {"log": True}, False, ("mod_cdr_sqlite",)),
+        ("fs_cdr -> SQLite, a-legs, no details (as mod_cdr_sqlite)",
+         {"process_cdr": "a_only", "database": {"dbtype": "sqlite", "connectionstring": "fs.sqlite"}}, True, ()),
         ("fs_cdr -> SQLite", {"details": True, "database": {"dbtype": "sqlite", "connectionstring": "fs.sqlite"}},
          True, ()),
         ("fs_cdr -> MariaDB", {"details": True, "database": {"dbtype": "mysql", "connectionstring": "127.0.0.1,3306@test",
@@ -93,7 +95,7 @@ def freeswitch_rows(directory: Path, calls: int) -> list[tuple[str, str, str, st
             live.shutdown()
         if name == "mod_cdr_sqlite":
             rows = _count_sqlite(root / "db" / "cdr.db", "cdr")
-        elif name == "fs_cdr -> SQLite":
+        elif name.startswith("fs_cdr -> SQLite"):
             rows = _count_sqlite(root / "fs.sqlite", "cdr")
         elif name == "fs_cdr -> MariaDB":
             rows = _count_mysql(table, drop=True)

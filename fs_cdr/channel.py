@@ -227,11 +227,3 @@ def variable(headers: Headers, name: str) -> Optional[str]:
     if value is None:
         value = header(headers, name)
     return value
-
-
-def variables(headers: Headers) -> dict[str, Any]:
-    """Every channel variable, prefix stripped, in FreeSWITCH's order."""
-    cut = len(VARIABLE_PREFIX)
-    return {
-        key[cut:]: value for key, value in headers.items() if isinstance(key, str) and key.startswith(VARIABLE_PREFIX)
-    }

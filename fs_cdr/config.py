@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Optional
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import ConfigError
-from .fields import IDENTIFIER, FieldSpec, parse_fields
+from .fields import IDENTIFIER, FieldSpec, parse_fields, parse_template
 
 #: dbtype spellings accepted, mapped to the dialect that serves them.
 DBTYPES = {
@@ -277,14 +277,18 @@ class _Section:
             )
 
 
-def _split_url(text: str, path: str, example: str) -> tuple[Any, int]:
+def _split_url(text: str, path: str, example: str, schemes: tuple[str, ...] = ()) -> tuple[Any, int]:
     """``urlsplit`` and its port, with every way a URL can be malformed as a ConfigError (the URL itself
-    is not echoed: it may hold a password)."""
+    is not echoed: it may hold a password). With ``schemes``, the scheme must be one of them and the
+    URL must name a host."""
     try:
         url = urlsplit(text)
-        return url, url.port or 0
+        port = url.port or 0
     except ValueError as exc:
         raise ConfigError(path, f"not a valid URL (expected {example}): {exc}") from exc
+    if schemes and (url.scheme not in schemes or not url.hostname):
+        raise ConfigError(path, f"expected {example}")
+    return url, port
 
 
 def _kind(value: object, secret: bool = False) -> str:
@@ -524,9 +528,8 @@ def _redis(value: object, path: str, real_default: bool = False, base: str = "")
     rediss = False
     url_text = section.text("url")
     if url_text:
-        url, port = _split_url(url_text, section.key("url"), "redis://[user:password@]host:port/db")
-        if url.scheme not in ("redis", "rediss") or not url.hostname:
-            raise ConfigError(section.key("url"), "expected redis://[user:password@]host:port/db")
+        url, port = _split_url(url_text, section.key("url"), "redis://[user:password@]host:port/db",
+                               ("redis", "rediss"))
         host, port = url.hostname, port or 6379
         number = url.path.lstrip("/")
         if number and not (number.isascii() and number.isdigit() and len(number) <= 9):
@@ -572,26 +575,12 @@ def _redis(value: object, path: str, real_default: bool = False, base: str = "")
     return config
 
 
-_COLUMN_REFERENCE = re.compile(r"\$\{([^{}]*)\}")
-
-
 def parse_routing_key(text: str, path: str) -> tuple[str, ...]:
-    """A routing key template of record columns, ``cdr.${direction}``, as alternating literal text and
-    column names (the same shape as a ``fields`` template)."""
-    parts: list[str] = []
-    position = 0
-    for match in _COLUMN_REFERENCE.finditer(text):
-        parts.append(text[position:match.start()])
-        if not IDENTIFIER.match(match.group(1)):
-            raise ConfigError(path, f"${{{match.group(1)}}} is not a column name")
-        parts.append(match.group(1))
-        position = match.end()
-    parts.append(text[position:])
-    if any("$" in literal or "{" in literal or "}" in literal for literal in parts[0::2]):
-        raise ConfigError(path, f"unbalanced ${{...}} in {text!r}")
+    """A routing key template of record columns, ``cdr.${direction}``, parsed like a ``fields`` template."""
+    parts = parse_template(text, path, IDENTIFIER, "column name", need_reference=False)
     if len(text.encode()) > 255:
         raise ConfigError(path, "a routing key is at most 255 bytes")
-    return tuple(parts)
+    return parts
 
 
 def _rabbitmq(value: object, path: str) -> RabbitConfig:
@@ -599,9 +588,8 @@ def _rabbitmq(value: object, path: str) -> RabbitConfig:
     host, port, vhost, username, password = "127.0.0.1", 5672, "/", "guest", "guest"
     url_text = section.text("url")
     if url_text:
-        url, port = _split_url(url_text, section.key("url"), "amqp://user:password@host:5672/vhost")
-        if url.scheme not in ("amqp", "amqps") or not url.hostname:
-            raise ConfigError(section.key("url"), "expected amqp://user:password@host:5672/vhost")
+        url, port = _split_url(url_text, section.key("url"), "amqp://user:password@host:5672/vhost",
+                               ("amqp", "amqps"))
         host, port = url.hostname, port or 5672
         vhost = unquote(url.path[1:]) if len(url.path) > 1 else "/"
         username, password = unquote(url.username or "guest"), unquote(url.password or "guest")

@@ -119,18 +119,23 @@ class FieldSpec:
         return text
 
 
-def _parse_template(text: str, path: str) -> tuple[str, ...]:
+def parse_template(text: str, path: str, names: "re.Pattern[str]" = VARIABLE, what: str = "variable name",
+                   need_reference: bool = True) -> tuple[str, ...]:
+    """``literal${name}literal...`` as alternating literal text and names (``FieldSpec.parts``): channel
+    variables in a ``fields`` template, record columns in a RabbitMQ routing key."""
     parts: list[str] = []
     position = 0
     for match in _TEMPLATE_PART.finditer(text):
         parts.append(text[position : match.start()])
         name = match.group(1)
-        if not VARIABLE.match(name):
-            raise ConfigError(path, f"bad variable name {name!r} inside ${{}} in {text!r}")
+        if not names.match(name):
+            raise ConfigError(path, f"bad {what} {name!r} inside ${{}} in {text!r}")
         parts.append(name)
         position = match.end()
     parts.append(text[position:])
-    if len(parts) < 3 or any(("$" in literal or "{" in literal or "}" in literal) for literal in parts[0::2]):
+    if (need_reference and len(parts) < 3) or any(
+        ("$" in literal or "{" in literal or "}" in literal) for literal in parts[0::2]
+    ):
         raise ConfigError(path, f"unbalanced ${{...}} in {text!r}")
     return tuple(parts)
 
@@ -150,7 +155,7 @@ def parse_field(entry: object, path: str) -> FieldSpec:
         column, sep, template = text.partition(":")
         if not sep or "${" in column:
             raise ConfigError(path, f"a ${{}} template needs a column: 'column:${{var}}', got {entry!r}")
-        parts = _parse_template(template, path)
+        parts = parse_template(template, path)
     else:
         column, sep, variable = text.partition(":")
         if not sep:

@@ -82,6 +82,9 @@ class DatabaseConfig:
 
     def describe(self) -> str:
         """Where this sink writes, safe for logs and status (no secrets)."""
+        return mask_secrets(self._where(), (self.password,))
+
+    def _where(self) -> str:
         if self.dbtype == "sqlite":
             return f"sqlite:{self.path} table {self.table}"
         if self.odbc:
@@ -127,6 +130,9 @@ class RedisConfig:
     batch: BatchSettings = BatchSettings()
 
     def describe(self) -> str:
+        return mask_secrets(self._where(), (self.password,))
+
+    def _where(self) -> str:
         targets = []
         if self.list:
             targets.append(f"list {self.list}")
@@ -159,7 +165,8 @@ class RabbitConfig:
     batch: BatchSettings = BatchSettings()
 
     def describe(self) -> str:
-        return f"amqp://{self.host}:{self.port}{self.virtual_host} exchange {self.exchange} key {self.routing_key_source}"
+        where = f"amqp://{self.host}:{self.port}{self.virtual_host} exchange {self.exchange} key {self.routing_key_source}"
+        return mask_secrets(where, (self.password,) if self.password != "guest" else ())
 
 
 @dataclass(frozen=True)
@@ -628,8 +635,40 @@ def _event_socket(value: object, path: str) -> EventSocketConfig:
     return config
 
 
+def _document_passwords(value: object) -> list[str]:
+    """Every password a raw document holds (``*password*`` keys, URL passwords), to keep out of errors."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str) and "password" in str(key).lower():
+                found.append(item)
+            elif isinstance(item, str) and "://" in item:
+                try:
+                    found.append(unquote(urlsplit(item).password or ""))
+                except ValueError:
+                    pass
+            else:
+                found.extend(_document_passwords(item))
+    elif isinstance(value, list):
+        for item in value:
+            found.extend(_document_passwords(item))
+    return found
+
+
 def parse_config(document: object, paths: Paths = Paths(), source: str = "") -> CdrConfig:
-    """Validate the parsed JSON document and return its ``cdr`` section."""
+    """Validate the parsed JSON document and return its ``cdr`` section. An error never repeats a
+    password of the document, wherever else the same text was typed."""
+    try:
+        return _parse_config(document, paths, source)
+    except ConfigError as error:
+        secrets = _document_passwords(document)
+        message = mask_secrets(error.message, secrets)
+        if message == error.message:
+            raise
+        raise ConfigError(mask_secrets(error.path, secrets), message) from None
+
+
+def _parse_config(document: object, paths: Paths, source: str) -> CdrConfig:
     if not isinstance(document, dict):
         raise ConfigError("(top level)", f"expected an object with a 'cdr' key, got {_kind(document)}")
     if "cdr" not in document:

@@ -142,3 +142,16 @@ def test_several_databases_at_once_need_distinct_names() -> None:
             {"dbtype": "sqlite", "connectionstring": "a.db", "name": "x"},
             {"dbtype": "sqlite", "connectionstring": "b.db", "name": "x"},
         ]}})
+
+
+def test_a_password_typed_elsewhere_in_the_file_never_reaches_an_error_or_status() -> None:
+    """Found by the fuzzer: the same text as the password in dbtype, in a fields column, in a path."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"cdr": {"database": {"dbtype": "pw-000000", "password": "pw-000000"}}})
+    assert "pw-000000" not in str(caught.value) and "***" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"cdr": {"fields": ["pw-000000"], "redis": {"list": "x", "password": "pw-000000"}}})
+    assert "pw-000000" not in str(caught.value)
+    config = parse_config({"cdr": {"database": {"dbtype": "sqlite", "connectionstring": "/data/pw-000000.db",
+                                                "password": "pw-000000"}}})
+    assert "pw-000000" not in config.databases[0].describe()

@@ -569,8 +569,9 @@ def passwords_in(document: Any) -> list[str]:
         elif isinstance(value, list):
             for item in value:
                 walk(item)
-        elif isinstance(value, str):
-            found.extend(re.findall(r"pw-[A-Za-z0-9]{6,10}", value))
+        elif isinstance(value, str) and "://" in value:
+            # a URL's password (user:password@host); the same text elsewhere, say as a dbtype, is not one
+            found.extend(re.findall(r"://[^/@:]*:(pw-[A-Za-z0-9]{6,10})@", value))
 
     walk(document)
     return found

@@ -82,7 +82,8 @@ class DatabaseConfig:
 
     def describe(self) -> str:
         """Where this sink writes, safe for logs and status (no secrets)."""
-        return mask_secrets(self._where(), (self.password,))
+        where = self._where()
+        return mask_secrets(where, (self.password, *_userinfo_passwords(where)))
 
     def _where(self) -> str:
         if self.dbtype == "sqlite":
@@ -635,6 +636,14 @@ def _event_socket(value: object, path: str) -> EventSocketConfig:
     return config
 
 
+_USERINFO = re.compile(r"://[^/@:\s]*:([^@/\s]+)@")
+
+
+def _userinfo_passwords(text: str) -> list[str]:
+    """The password of every ``scheme://user:password@`` inside a text (a URL typed where a path goes)."""
+    return [unquote(found) for found in _USERINFO.findall(text)]
+
+
 def _document_passwords(value: object) -> list[str]:
     """Every password a raw document holds (``*password*`` keys, URL passwords), to keep out of errors."""
     found: list[str] = []
@@ -643,10 +652,7 @@ def _document_passwords(value: object) -> list[str]:
             if isinstance(item, str) and "password" in str(key).lower():
                 found.append(item)
             elif isinstance(item, str) and "://" in item:
-                try:
-                    found.append(unquote(urlsplit(item).password or ""))
-                except ValueError:
-                    pass
+                found.extend(_userinfo_passwords(item))
             else:
                 found.extend(_document_passwords(item))
     elif isinstance(value, list):

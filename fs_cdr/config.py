@@ -343,6 +343,9 @@ def _parse_connection(dbtype: str, text: str, path: str, paths: Paths) -> dict[s
             text = text[len("sqlite://") :]
         if not text:
             text = os.path.join(paths.db_dir, "fs_cdr.sqlite")
+        if _USERINFO.search(text):  # a server URL with credentials where a file path belongs
+            raise ConfigError(path, "a SQLite connection string is a file path or sqlite:///path, not a URL "
+                                    "with a user and password")
         return {"path": text}
     if dbtype in ("sqlserver", "odbc") and "=" in text and "://" not in text:
         return {"odbc": text}

@@ -155,5 +155,6 @@ def test_a_password_typed_elsewhere_in_the_file_never_reaches_an_error_or_status
     config = parse_config({"cdr": {"database": {"dbtype": "sqlite", "connectionstring": "/data/pw-000000.db",
                                                 "password": "pw-000000"}}})
     assert "pw-000000" not in config.databases[0].describe()
-    path = parse_config({"cdr": {"database": {"dbtype": "sqlite", "connectionstring": "://:pw-000000@"}}})
-    assert "pw-000000" not in path.databases[0].describe()  # a URL's password typed as a SQLite path
+    with pytest.raises(ConfigError) as caught:  # a URL's password typed as a SQLite path
+        parse_config({"cdr": {"database": {"dbtype": "sqlite", "connectionstring": "://:pw-000000@"}}})
+    assert "pw-000000" not in str(caught.value) and caught.value.path == "cdr.database.connectionstring"

@@ -106,7 +106,8 @@ def test_records_for_a_down_sink_are_spooled_within_the_window_then_replayed_onc
         assert wait_for(lambda: len(state["rows"]) == 200)
         assert wait_for(lane.settled)
         assert sorted(state["writes"]) == sorted(f"call-{index}" for index in range(200))
-        assert lane.healthy and lane.status()["replayed"] == 200
+        assert wait_for(lambda: lane.healthy)  # recover() follows the last confirm
+        assert lane.status()["replayed"] == 200
     finally:
         guard.stop()
         lane.stop(1.0)

@@ -56,6 +56,8 @@ class BatchSettings:
     queue_size: int = 50_000
     workers: int = 1
     timeout_s: float = 5.0
+    #: each writer runs its sink in a child process (fs_cdr/sinks/worker.py)
+    worker_process: bool = True
 
 
 @dataclass(frozen=True)
@@ -320,6 +322,7 @@ def _batch(section: _Section, defaults: BatchSettings) -> BatchSettings:
         queue_size=section.integer("queue_size", defaults.queue_size, 1, 10_000_000),
         workers=section.integer("workers", defaults.workers, 1, 64),
         timeout_s=section.number("timeout_s", defaults.timeout_s, 0.1, 600),
+        worker_process=section.boolean("worker_process", defaults.worker_process),
     )
 
 

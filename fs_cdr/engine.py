@@ -250,5 +250,7 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
     for sink in status["sinks"]:
         error = f"  last error: {sink['last_error']}" if sink["last_error"] else ""
-        lines.append(f"{sink['sink']}: {sink['target']}{error}")
+        pids = sink.get("worker_pids")
+        workers = f"  worker pid {', '.join(map(str, pids))}" if pids else ""
+        lines.append(f"{sink['sink']}: {sink['target']}{workers}{error}")
     return "\n".join(lines) + "\n"

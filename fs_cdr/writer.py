@@ -558,6 +558,8 @@ class SinkLane:
             "retries": stats.retries,
             "replayed": stats.replayed,
             "last_error": stats.last_error,
+            # the sink workers' process ids (fs_cdr/sinks/worker.py), when the sink runs in workers
+            "worker_pids": [pid for pid in (getattr(writer._sink, "pid", None) for writer in self.writers) if pid],
         }
 
 

@@ -8,7 +8,7 @@ spool that a running engine owns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..config import BatchSettings, CdrConfig, config_secrets
@@ -54,7 +54,21 @@ def targets(config: CdrConfig) -> list[Target]:
         rabbit_config = config.rabbitmq
         found.append(Target(rabbit_config.name, rabbit_config.describe(), lambda: RabbitSink(rabbit_config),
                             rabbit_config.batch, coalesce=False))
-    return found
+    return [_in_worker(target) for target in found]
+
+
+def _in_worker(target: Target) -> Target:
+    """The same target, its sinks run in a worker process when the configuration asks for it."""
+    if not target.batch.worker_process:
+        return target
+    from .worker import ProcessSink
+
+    make = target.open_sink
+
+    def open_in_worker() -> Sink:
+        return ProcessSink(make, target.name, target.batch.timeout_s)
+
+    return replace(target, open_sink=open_in_worker)
 
 
 def lanes_for(config: CdrConfig) -> list[SinkLane]:

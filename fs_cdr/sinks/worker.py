@@ -1,0 +1,255 @@
+"""A sink run in a worker process of its own (``"worker_process": true`` on a sink).
+
+Inside FreeSWITCH every Python thread of fs_cdr shares one interpreter lock: the thread that turns
+hangup events into records and the writer threads that encode parameters, pack commands and parse
+replies take turns on one core. With a worker process, the writer thread hands each batch to a child
+Python process that runs the real sink, so the driver's work runs on another core.
+
+Nothing that keeps a record safe moves: the writer thread keeps each batch until the child answers
+that it is written, and the journal, the spool and the guard stay in FreeSWITCH's process. A child
+that dies, hangs or cannot start is a :class:`~fs_cdr.errors.RetriableError`, as a lost connection
+is: the lane retries, and spools what waits longer than the durability window. The child ends when
+its stdin closes, which happens when FreeSWITCH exits, kill -9 included.
+
+The pipe carries pickles between two processes of the same installation (the sink object with its
+configuration once, then batches of records); nothing from outside ever reaches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, BinaryIO, Callable, Optional, Sequence
+
+from ..errors import ConfigError, RejectedError, RetriableError
+
+log = logging.getLogger("fs_cdr.sinks.worker")
+
+_LENGTH = struct.Struct("!Q")
+#: The child's first line on its protocol pipe: it started and imported fs_cdr.
+_HELLO = b"fs_cdr worker ready"
+
+
+def interpreter() -> str:
+    """The Python to run the worker with: the current one when it is a Python binary (fs-cdr, the
+    tests), else — inside FreeSWITCH, whose executable is FreeSWITCH — the same version's python."""
+    executable = sys.executable or ""
+    if os.path.basename(executable).startswith("python") and os.access(executable, os.X_OK):
+        return executable
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    for candidate in (f"/usr/bin/{version}", shutil.which(version), "/usr/bin/python3", shutil.which("python3")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RetriableError(f"no {version} interpreter found to run the sink worker")
+
+
+class ProcessSink:
+    """A sink whose ``open``/``write``/``close`` run in a child process. ``make`` builds the real sink
+    (not yet opened) in this process; it is sent to the child, which opens it and writes with it."""
+
+    def __init__(self, make: Callable[[], Any], name: str, timeout_s: float) -> None:
+        self.make = make
+        self.name = name
+        #: how long a batch may take before the child counts as hung (the sink has its own timeouts)
+        self.write_timeout_s = max(60.0, 12 * timeout_s)
+        self.open_timeout_s = max(30.0, 3 * timeout_s)
+        self._child: Optional[subprocess.Popen] = None
+        self._errors: list[str] = []
+
+    # -- the Sink interface ---------------------------------------------------------------------
+    def open(self) -> None:
+        self._spawn()
+        try:
+            self._call(("open", self.make()), self.open_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, records: Sequence[Any]) -> None:
+        if self._child is None:
+            raise RetriableError("the sink worker is not running")
+        self._call(("write", list(records)), self.write_timeout_s)
+
+    def close(self) -> None:
+        child, self._child = self._child, None
+        if child is None:
+            return
+        try:
+            assert child.stdin is not None
+            child.stdin.close()  # the child closes its sink and exits on end of input
+            child.wait(5)
+        except Exception:  # noqa: BLE001 - close never raises
+            pass
+        if child.poll() is None:
+            child.kill()
+            try:
+                child.wait(5)
+            except Exception:  # noqa: BLE001
+                pass
+        for stream in (child.stdout, child.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._child.pid if self._child is not None else None
+
+    # -- the pipe -------------------------------------------------------------------------------
+    def _spawn(self) -> None:
+        self.close()
+        paths = [entry for entry in sys.path if entry and os.path.isdir(entry)]
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1")
+        command = [interpreter(), "-c", "from fs_cdr.sinks.worker import serve; serve()"]
+        try:
+            child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=environment, close_fds=True, start_new_session=True)
+        except OSError as error:
+            raise RetriableError(f"cannot start the sink worker ({command[0]}): {error}") from error
+        self._child = child
+        self._errors = []
+        threading.Thread(target=self._relay_log, args=(child,), name=f"fs_cdr-{self.name}-worker-log",
+                         daemon=True).start()
+        hello = self._read(child, len(_HELLO), self.open_timeout_s)
+        if hello != _HELLO:
+            raise self._lost(child, "did not start")
+
+    def _call(self, request: tuple[str, Any], timeout_s: float) -> None:
+        child = self._child
+        if child is None:
+            raise RetriableError("the sink worker is not running")
+        data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            assert child.stdin is not None
+            child.stdin.write(_LENGTH.pack(len(data)))
+            child.stdin.write(data)
+            child.stdin.flush()
+        except (OSError, ValueError) as error:
+            raise self._lost(child, f"stopped taking batches ({error})") from None
+        started = time.monotonic()
+        size = _LENGTH.unpack(self._read(child, _LENGTH.size, timeout_s))[0]
+        answer = pickle.loads(self._read(child, size, timeout_s - (time.monotonic() - started)))
+        kind = answer[0]
+        if kind == "ok":
+            return
+        if kind == "config":
+            raise ConfigError(answer[1], answer[2])
+        if kind == "rejected":
+            raise RejectedError(answer[1])
+        raise RetriableError(answer[1])
+
+    def _read(self, child: subprocess.Popen, size: int, timeout_s: float) -> bytes:
+        assert child.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        descriptor = child.stdout.fileno()
+        parts: list[bytes] = []
+        left = size
+        while left:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([descriptor], [], [], remaining)[0]:
+                child.kill()
+                raise self._lost(child, f"gave no answer within {timeout_s:.0f} s")
+            part = os.read(descriptor, min(left, 1 << 20))
+            if not part:
+                raise self._lost(child, "exited")
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+
+    def _lost(self, child: subprocess.Popen, what: str) -> RetriableError:
+        """The child is gone or useless: reap it and say why, with its last words."""
+        try:
+            child.wait(2)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        code = child.poll()
+        self._child = None
+        said = " | ".join(self._errors[-3:])
+        return RetriableError(f"the sink worker {what} (exit code {code}){': ' + said if said else ''}")
+
+    def _relay_log(self, child: subprocess.Popen) -> None:
+        """The child's log lines (level, logger: message) into this process's log."""
+        assert child.stderr is not None
+        try:
+            for raw in child.stderr:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if not line:
+                    continue
+                level, _, message = line.partition(" ")
+                number = logging.getLevelName(level)
+                if not isinstance(number, int):
+                    number, message = logging.WARNING, line
+                if number >= logging.WARNING:
+                    self._errors.append(message[:500])
+                    del self._errors[:-10]
+                log.log(number, "sink %s worker %s: %s", self.name, child.pid, message)
+        except Exception:  # noqa: BLE001 - the pipe closed under us
+            pass
+
+
+# -- the child ------------------------------------------------------------------------------------
+def _receive(stream: BinaryIO) -> Optional[tuple[str, Any]]:
+    head = stream.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    size = _LENGTH.unpack(head)[0]
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+def _answer(stream: BinaryIO, answer: tuple[Any, ...]) -> None:
+    data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def serve() -> None:
+    """The child's loop: open the sink it is sent, write each batch, answer how it went."""
+    # The protocol keeps its own copy of stdout; whatever a driver prints goes to the log pipe.
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    requests = os.fdopen(os.dup(0), "rb")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    replies.write(_HELLO)
+    replies.flush()
+    sink: Any = None
+    while True:
+        request = _receive(requests)
+        if request is None:
+            break
+        operation, argument = request
+        try:
+            if operation == "open":
+                if sink is not None:
+                    sink.close()
+                sink = None
+                argument.open()
+                sink = argument
+            elif operation == "write":
+                if sink is None:
+                    raise RetriableError("the worker has no open sink")
+                sink.write(argument)
+            answer: tuple[Any, ...] = ("ok",)
+        except ConfigError as error:
+            answer = ("config", error.path, error.message)
+        except RejectedError as error:
+            answer = ("rejected", str(error))
+        except RetriableError as error:
+            answer = ("retriable", str(error))
+        except Exception as error:  # noqa: BLE001 - a driver bug is still only this batch's failure
+            answer = ("error", f"{type(error).__name__}: {error}")
+        _answer(replies, answer)
+    if sink is not None:
+        sink.close()

@@ -1,0 +1,219 @@
+"""``"worker_process": true``: each writer runs its sink in a child Python process. The rows must be
+the same as with the sink in-process, and nothing may be lost when the child dies, hangs, or its
+parent is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import SCENARIOS, TOTAL_ROWS, database_entry, hangups, make_config, rows, scenario_events
+from fs_cdr.engine import probe_config
+from fs_cdr.errors import ConfigError
+from fs_cdr.sinks.worker import ProcessSink
+
+TEMPLATE = hangups("b_bridge_null")[1]
+
+
+def event(index: int, tag: str) -> dict:
+    return dict(TEMPLATE, **{"Unique-ID": f"{tag}-{index:06d}", "variable_queue_name": tag})
+
+
+def worker_of(engine) -> ProcessSink:
+    sink = engine.lanes[0].writers[0]._sink
+    assert isinstance(sink, ProcessSink), sink
+    return sink
+
+
+def wait_for(condition, timeout_s: float = 20.0) -> bool:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_rows_through_a_worker_process_equal_rows_written_in_process(sql_kind, table_name, tmp_path, engines) -> None:
+    fields = ["queue_name", "number:billsec"]
+    in_process = make_config({"cdr": {"details": True, "fields": fields, "database": dict(
+        database_entry(sql_kind, table_name, tmp_path), worker_process=False)}}, tmp_path)
+    other = table_name + "w"
+    in_worker = make_config({"cdr": {"details": True, "fields": fields, "spool_dir": str(tmp_path / "spool-w"),
+                                     "database": database_entry(sql_kind, other, tmp_path)}}, tmp_path)
+    engine, worker_engine = engines(in_process), engines(in_worker)
+    for scenario in SCENARIOS:
+        for item in scenario_events(scenario):
+            engine.handle(item)
+            worker_engine.handle(item)
+    assert engine.flush(30) and worker_engine.flush(30), worker_engine.status()
+    child = worker_of(worker_engine).pid
+    assert child and child != os.getpid() and alive(child)
+    assert worker_engine.status()["sinks"][0]["worker_pids"] == [child]
+    assert engine.status()["sinks"][0]["worker_pids"] == []
+    try:
+        expected = sorted(rows(sql_kind, tmp_path, table_name), key=lambda row: row["uuid"])
+        found = sorted(rows(sql_kind, tmp_path, other), key=lambda row: row["uuid"])
+        assert len(found) == TOTAL_ROWS
+        assert found == expected
+        assert worker_engine.status()["sinks"][0]["written"] == TOTAL_ROWS
+    finally:
+        from conftest import drop_table
+
+        drop_table(sql_kind, tmp_path, other)
+
+
+def test_redis_through_a_worker_process(tmp_path, table_name, engines) -> None:
+    import redis
+
+    key = f"fs_cdr_test:{table_name}"
+    engine = engines(make_config({"cdr": {"details": True, "redis": {"list": key, "worker_process": True}}}, tmp_path))
+    client = redis.Redis()
+    try:
+        for index in range(300):
+            engine.handle(event(index, table_name))
+        assert engine.flush(20), engine.status()
+        documents = [json.loads(item) for item in client.lrange(key, 0, -1)]
+        assert sorted(document["uuid"] for document in documents) == [f"{table_name}-{i:06d}" for i in range(300)]
+        assert documents[0]["details"]["queue_name"] == table_name
+    finally:
+        client.delete(key)
+
+
+def test_a_killed_worker_is_started_again_and_every_record_arrives_once(tmp_path, table_name, engines) -> None:
+    engine = engines(make_config({"cdr": {"fields": ["queue_name"], "database": dict(
+        database_entry("postgresql", table_name, tmp_path), worker_process=True)}}, tmp_path))
+    try:
+        for index in range(200):
+            engine.handle(event(index, table_name))
+        assert wait_for(lambda: engine.lanes[0].stats.written >= 50)
+        first = worker_of(engine).pid
+        os.kill(first, signal.SIGKILL)
+        for index in range(200, 400):
+            engine.handle(event(index, table_name))
+        assert engine.flush(60), engine.status()
+        found = [row["uuid"] for row in rows("postgresql", tmp_path, table_name, "uuid")]
+        assert sorted(found) == [f"{table_name}-{index:06d}" for index in range(400)]
+        second = worker_of(engine).pid
+        assert second != first and alive(second)
+        assert engine.status()["sinks"][0]["healthy"]
+    finally:
+        from conftest import drop_table
+
+        drop_table("postgresql", tmp_path, table_name)
+
+
+def test_a_hung_worker_costs_the_source_nothing_and_its_batch_is_spooled(tmp_path, table_name, engines) -> None:
+    """SIGSTOP the child mid-stream: the guard moves what waits to the spool within the window; once
+    the child runs again everything is written, and nothing twice."""
+    engine = engines(make_config({"cdr": {"fields": ["queue_name"], "durable_window_ms": 200, "database": dict(
+        database_entry("postgresql", table_name, tmp_path), worker_process=True)}}, tmp_path))
+    try:
+        engine.handle(event(0, table_name))
+        assert engine.flush(20)
+        child = worker_of(engine).pid
+        os.kill(child, signal.SIGSTOP)
+        slowest = 0.0
+        for index in range(1, 301):
+            started = time.perf_counter()
+            engine.handle(event(index, table_name))
+            slowest = max(slowest, time.perf_counter() - started)
+            time.sleep(0.002)
+        lane = engine.lanes[0]
+        assert wait_for(lambda: lane.spool.pending + lane.journal.held >= 250, 10), engine.status()
+        os.kill(child, signal.SIGCONT)
+        assert engine.flush(90), engine.status()
+        found = [row["uuid"] for row in rows("postgresql", tmp_path, table_name, "uuid")]
+        assert sorted(found) == [f"{table_name}-{index:06d}" for index in range(301)]
+        assert slowest < 0.2
+    finally:
+        from conftest import drop_table
+
+        drop_table("postgresql", tmp_path, table_name)
+
+
+def test_a_refused_record_is_set_aside_through_the_worker(tmp_path, table_name, engines) -> None:
+    from conftest import connect
+    from fs_cdr.schema import STANDARD_COLUMNS
+    from fs_cdr.sinks.mysql import MySQL
+
+    dialect = MySQL()
+    connection = connect("mysql", tmp_path)
+    columns = ", ".join(f"`{column.name}` {dialect.types[column.kind]}" for column in STANDARD_COLUMNS)
+    connection.cursor().execute(f"CREATE TABLE {table_name} ({columns}, `queue_name` VARCHAR(10), PRIMARY KEY (`uuid`))")
+    connection.close()
+    try:
+        engine = engines(make_config({"cdr": {"fields": ["queue_name"], "database": dict(
+            database_entry("mysql", table_name, tmp_path), worker_process=True)}}, tmp_path))
+        for index in range(40):
+            item = event(index, "ok")
+            item["variable_queue_name"] = "x" * 40 if index == 7 else "short"
+            engine.handle(item)
+        assert engine.flush(20)
+        found = {row["uuid"] for row in rows("mysql", tmp_path, table_name, "uuid")}
+        assert len(found) == 39 and "ok-000007" not in found
+        rejected = (tmp_path / "spool" / "mysql" / "rejected.jsonl").read_text()
+        assert "ok-000007" in rejected and "Data too long" in rejected
+    finally:
+        from conftest import drop_table
+
+        drop_table("mysql", tmp_path, table_name)
+
+
+def test_a_configuration_error_comes_back_from_the_worker_naming_the_column(tmp_path, table_name) -> None:
+    entry = dict(database_entry("sqlite", table_name, tmp_path), worker_process=True)
+    probe_config(make_config({"cdr": {"database": entry}}, tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        probe_config(make_config({"cdr": {"database": entry, "fields": ["queue_name"]}}, tmp_path))
+    assert "queue_name" in str(caught.value) and "ADD" in str(caught.value)
+
+
+def test_worker_process_must_be_a_boolean(tmp_path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config({"cdr": {"redis": {"list": "x", "worker_process": "yes"}}}, tmp_path)
+    assert "cdr.redis.worker_process" in str(caught.value)
+
+
+def test_the_worker_ends_when_its_parent_is_killed(tmp_path) -> None:
+    """kill -9 of FreeSWITCH must not leave a worker behind: it sees its stdin close and exits."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path[:0] = [{os.path.dirname(os.path.abspath(__file__))!r}]
+        from conftest import make_config
+        from fs_cdr.engine import Engine
+        from pathlib import Path
+        config = make_config({{"cdr": {{"database": {{"dbtype": "sqlite", "worker_process": True,
+                              "connectionstring": {str(tmp_path / "cdr.sqlite")!r}}}}}}}, Path({str(tmp_path)!r}))
+        engine = Engine(config).start()
+        while engine.lanes[0].writers[0]._sink is None:
+            time.sleep(0.05)
+        print(engine.lanes[0].writers[0]._sink.pid, flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert alive(child)
+        parent.kill()
+        parent.wait(10)
+        assert wait_for(lambda: not alive(child), 10), "the worker outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()

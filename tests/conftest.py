@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import glob
 import os
+import time
 import uuid as uuidlib
 from typing import Any, Callable, Iterator
 
@@ -114,6 +115,32 @@ def drop_table(kind: str, tmp_path: Any, table: str) -> None:
         connection.commit()
     finally:
         connection.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return False
+
+
+def create_strict_mysql_table(tmp_path: Any, table: str, extra_columns: str) -> None:
+    """The standard columns plus ``extra_columns`` in a MariaDB table (the server's strict sql_mode
+    refuses a value too long for its column instead of cutting it)."""
+    from fs_cdr.schema import STANDARD_COLUMNS
+    from fs_cdr.sinks.mysql import MySQL
+
+    dialect = MySQL()
+    connection = connect("mysql", tmp_path)
+    cursor = connection.cursor()
+    columns = ", ".join(f"`{column.name}` {dialect.types[column.kind]}" for column in STANDARD_COLUMNS)
+    cursor.execute(f"CREATE TABLE {table} ({columns}, {extra_columns}, PRIMARY KEY (`uuid`))")
+    cursor.execute("SELECT @@sql_mode")
+    assert "STRICT_TRANS_TABLES" in cursor.fetchone()[0]
+    connection.close()
 
 
 def make_config(document: dict[str, Any], tmp_path: Any) -> CdrConfig:

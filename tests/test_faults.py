@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import connect, database_entry, drop_table, hangups, make_config, rows
+from conftest import create_strict_mysql_table, database_entry, drop_table, hangups, make_config, rows
 from fs_cdr.engine import Engine
 from servers import MariaDB, PostgreSQL, Redis, Server
 
@@ -152,21 +152,13 @@ def test_a_server_that_never_answers_is_timed_out_and_records_spooled(dbtype, tm
         stalled.close()
 
 
-def test_a_record_the_database_refuses_is_set_aside_and_the_rest_flow(tmp_path, table_name, engines) -> None:
-    connection = connect("mysql", tmp_path)
-    cursor = connection.cursor()
-    from fs_cdr.schema import STANDARD_COLUMNS
-    from fs_cdr.sinks.mysql import MySQL
-
-    dialect = MySQL()
-    columns = ", ".join(f"`{column.name}` {dialect.types[column.kind]}" for column in STANDARD_COLUMNS)
-    cursor.execute(f"CREATE TABLE {table_name} ({columns}, `queue_name` VARCHAR(10), PRIMARY KEY (`uuid`))")
-    cursor.execute("SELECT @@sql_mode")
-    assert "STRICT_TRANS_TABLES" in cursor.fetchone()[0]
-    connection.close()
+@pytest.mark.parametrize("worker_process", [True, False], ids=["sink in a worker", "sink in-process"])
+def test_a_record_the_database_refuses_is_set_aside_and_the_rest_flow(worker_process, tmp_path, table_name,
+                                                                      engines) -> None:
+    create_strict_mysql_table(tmp_path, table_name, "`queue_name` VARCHAR(10)")
     try:
-        engine = engines(make_config({"cdr": {"fields": ["queue_name"], "database": database_entry(
-            "mysql", table_name, tmp_path)}}, tmp_path))
+        engine = engines(make_config({"cdr": {"fields": ["queue_name"], "database": dict(
+            database_entry("mysql", table_name, tmp_path), worker_process=worker_process)}}, tmp_path))
         for index in range(50):
             record = event(index, "ok")
             record["variable_queue_name"] = "x" * 40 if index == 17 else "short"

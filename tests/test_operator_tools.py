@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import HERE, database_entry, drop_table, hangups, make_config, rows
+from conftest import HERE, database_entry, drop_table, hangups, make_config, rows, wait_for
 from esl_standin import EslStandIn
 from fs_cdr.cdr_files import CdrFileError, read_cdr_file
 from fs_cdr.cli import main
@@ -82,14 +82,6 @@ def sqlite_count(tmp_path) -> int:
     except sqlite3.OperationalError:  # the writer has not created the table yet
         return 0
 
-
-def wait_for(condition, timeout=10.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_sidecar_writes_what_the_event_socket_sends_and_reconnects(tmp_path) -> None:

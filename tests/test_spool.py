@@ -6,6 +6,7 @@ import os
 import threading
 import time
 
+from conftest import wait_for
 from fs_cdr.config import BatchSettings
 from fs_cdr.errors import RejectedError, RetriableError
 from fs_cdr.retry import Backoff
@@ -47,14 +48,6 @@ def lane_with(tmp_path, **shared):
                     str(tmp_path), backoff=Backoff(base_s=0.01, cap_s=0.05))
     return lane, state
 
-
-def wait_for(condition, timeout=10.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_spool_is_a_fifo_that_survives_reopening(tmp_path) -> None:

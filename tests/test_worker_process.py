@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from conftest import SCENARIOS, TOTAL_ROWS, database_entry, hangups, make_config, rows, scenario_events
+from conftest import (SCENARIOS, TOTAL_ROWS, database_entry, drop_table, hangups,
+                      make_config, rows, scenario_events, wait_for)
 from fs_cdr.engine import probe_config
 from fs_cdr.errors import ConfigError
 from fs_cdr.sinks.worker import ProcessSink
@@ -31,14 +32,6 @@ def worker_of(engine) -> ProcessSink:
     assert isinstance(sink, ProcessSink), sink
     return sink
 
-
-def wait_for(condition, timeout_s: float = 20.0) -> bool:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def alive(pid: int) -> bool:
@@ -75,8 +68,6 @@ def test_rows_through_a_worker_process_equal_rows_written_in_process(sql_kind, t
         assert found == expected
         assert worker_engine.status()["sinks"][0]["written"] == TOTAL_ROWS
     finally:
-        from conftest import drop_table
-
         drop_table(sql_kind, tmp_path, other)
 
 
@@ -103,7 +94,7 @@ def test_a_killed_worker_is_started_again_and_every_record_arrives_once(tmp_path
     try:
         for index in range(200):
             engine.handle(event(index, table_name))
-        assert wait_for(lambda: engine.lanes[0].stats.written >= 50)
+        assert wait_for(lambda: engine.lanes[0].stats.written >= 50, 20)
         first = worker_of(engine).pid
         os.kill(first, signal.SIGKILL)
         for index in range(200, 400):
@@ -115,8 +106,6 @@ def test_a_killed_worker_is_started_again_and_every_record_arrives_once(tmp_path
         assert second != first and alive(second)
         assert engine.status()["sinks"][0]["healthy"]
     finally:
-        from conftest import drop_table
-
         drop_table("postgresql", tmp_path, table_name)
 
 
@@ -144,37 +133,7 @@ def test_a_hung_worker_costs_the_source_nothing_and_its_batch_is_spooled(tmp_pat
         assert sorted(found) == [f"{table_name}-{index:06d}" for index in range(301)]
         assert slowest < 0.2
     finally:
-        from conftest import drop_table
-
         drop_table("postgresql", tmp_path, table_name)
-
-
-def test_a_refused_record_is_set_aside_through_the_worker(tmp_path, table_name, engines) -> None:
-    from conftest import connect
-    from fs_cdr.schema import STANDARD_COLUMNS
-    from fs_cdr.sinks.mysql import MySQL
-
-    dialect = MySQL()
-    connection = connect("mysql", tmp_path)
-    columns = ", ".join(f"`{column.name}` {dialect.types[column.kind]}" for column in STANDARD_COLUMNS)
-    connection.cursor().execute(f"CREATE TABLE {table_name} ({columns}, `queue_name` VARCHAR(10), PRIMARY KEY (`uuid`))")
-    connection.close()
-    try:
-        engine = engines(make_config({"cdr": {"fields": ["queue_name"], "database": dict(
-            database_entry("mysql", table_name, tmp_path), worker_process=True)}}, tmp_path))
-        for index in range(40):
-            item = event(index, "ok")
-            item["variable_queue_name"] = "x" * 40 if index == 7 else "short"
-            engine.handle(item)
-        assert engine.flush(20)
-        found = {row["uuid"] for row in rows("mysql", tmp_path, table_name, "uuid")}
-        assert len(found) == 39 and "ok-000007" not in found
-        rejected = (tmp_path / "spool" / "mysql" / "rejected.jsonl").read_text()
-        assert "ok-000007" in rejected and "Data too long" in rejected
-    finally:
-        from conftest import drop_table
-
-        drop_table("mysql", tmp_path, table_name)
 
 
 def test_a_configuration_error_comes_back_from_the_worker_naming_the_column(tmp_path, table_name) -> None:

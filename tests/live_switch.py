@@ -58,6 +58,15 @@ def ensure_drivers() -> Path:
     return DRIVERS
 
 
+def process_gone(pid: int) -> bool:
+    """No such process, or only its zombie (exited, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
 class LiveSwitch:
     """One FreeSWITCH process with a configuration of its own under ``root``."""
 
@@ -132,7 +141,9 @@ class LiveSwitch:
         # FreeSWITCH's own CDR modules are not what is under test here (the benchmark compares them)
         modules = (self.conf / "autoload_configs/modules.conf.xml").read_text()
         for module in {"mod_cdr_csv", "mod_cdr_sqlite", "mod_json_cdr", "mod_xml_cdr"} - set(self.native_cdr):
-            modules = modules.replace(f'<load module="{module}"/>', f"<!-- {module} off for tests -->")
+            # only a line that loads it: one already inside a comment must not get a nested comment
+            modules = re.sub(rf'^(\s*)<load module="{module}"/>', rf"\1<!-- {module} off for tests -->", modules,
+                             flags=re.MULTILINE)
         (self.conf / "autoload_configs/modules.conf.xml").write_text(modules)
 
     # -- process -----------------------------------------------------------------------------------
@@ -185,6 +196,14 @@ class LiveSwitch:
         with open(f"/proc/{self.process.pid}/stat") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def worker_pids(self) -> list[int]:
+        """fs_cdr's sink workers (child processes of FreeSWITCH), from ``python fs_cdr status json``."""
+        try:
+            status = json.loads(self.api("python fs_cdr status json"))
+        except ValueError:
+            return []
+        return [pid for sink in status["sinks"] for pid in sink.get("worker_pids", [])]
 
     def log_text(self) -> str:
         path = self.log_dir / "freeswitch.log"

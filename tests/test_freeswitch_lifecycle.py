@@ -8,7 +8,7 @@ import time
 import pytest
 
 from fs_cdr.esl import EventSocket
-from live_switch import LiveSwitch, missing_reason
+from live_switch import LiveSwitch, missing_reason, process_gone
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
 
@@ -38,8 +38,11 @@ def test_fsctl_shutdown_with_records_queued_loses_none(tmp_path) -> None:
             assert live.api("originate {queue_name=shutdown}null/sd 4298 XML default").startswith("+OK")
         assert live.wait_until(lambda: '"records":20' in live.api("python fs_cdr status json").replace(" ", ""), 10)
         assert count(database) == 0  # all 20 are still in memory
+        workers = live.worker_pids()
+        assert workers
     finally:
         live.shutdown()
+    assert live.wait_until(lambda: all(process_gone(pid) for pid in workers), 10), "a sink worker outlived FreeSWITCH"
     log = live.log_text()
     # fsctl shutdown fires SHUTDOWN (not SHUTDOWN_REQUESTED) while modules unload
     assert ": spooling what is queued" in log and "spooled 20 records at shutdown" in log
@@ -69,9 +72,13 @@ def test_kill_9_loses_at_most_the_durability_window(tmp_path) -> None:
         for _ in range(15):
             assert live.api("originate null/k9 4298 XML default").startswith("+OK")
         assert live.wait_until(lambda: '"records":15' in live.api("python fs_cdr status json").replace(" ", ""), 10)
+        workers = live.worker_pids()
+        assert workers
         time.sleep(0.5)  # more than the window
     finally:
         live.kill()
+    # the worker sees its pipe close and exits: kill -9 leaves nothing behind either
+    assert live.wait_until(lambda: all(process_gone(pid) for pid in workers), 10), "a sink worker outlived FreeSWITCH"
     assert count(database) == 0
     live.write_cdr({"database": {"dbtype": "sqlite", "connectionstring": str(database)},
                     "spool_dir": str(tmp_path / "spool")})

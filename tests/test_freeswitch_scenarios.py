@@ -7,6 +7,7 @@ Skipped, with the reason, where no FreeSWITCH with mod_python3 is installed (see
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid as uuidlib
@@ -14,7 +15,7 @@ import uuid as uuidlib
 import pytest
 
 from conftest import MARIADB, connect
-from live_switch import LiveSwitch, missing_reason
+from live_switch import LiveSwitch, missing_reason, process_gone
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
 
@@ -196,7 +197,43 @@ def test_status_and_reload_from_fs_cli(switch) -> None:
         assert a["details"]  # still the old configuration: details on
     finally:
         switch.cdr_path.write_text(good)
+    before = switch.worker_pids()
+    assert len(before) == 3
     assert switch.api("python fs_cdr reload").startswith("+OK")
+    # the same sinks keep their workers; the workers that checked the new file (the probe) have ended
+    assert switch.worker_pids() == before
+    assert switch.wait_until(lambda: sorted(children_of(switch.process.pid)) == sorted(before), 20)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and not process_gone(int(entry)):
+            try:
+                if parent_of(int(entry)) == pid:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_each_sink_runs_in_a_worker_process_beside_freeswitch(switch) -> None:
+    """The drivers run in child processes of FreeSWITCH started with the Python mod_python3 embeds."""
+    pids = switch.worker_pids()
+    assert len(pids) == 3
+    for pid in pids:
+        assert parent_of(pid) == switch.process.pid
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read().split(b"\0")
+        assert os.path.basename(command[0].decode()).startswith("python3") and b"fs_cdr.sinks.worker" in command[2]
+    assert switch.phone("1101", name="through_workers").startswith("+OK")
+    a, b = legs(settled_rows(switch, "through_workers", 2))
+    assert (a["leg"], b["leg"]) == ("a", "b")
 
 
 def test_python_fs_cdr_from_the_dialplan_never_starts_a_second_engine(switch) -> None:

@@ -1,6 +1,7 @@
 """fs_cdr benchmark: each figure beside the raw limit measured in the same run, as a ratio.
 
-    make bench            (or: .venv/bin/python bench/run.py [--records N] [--freeswitch-calls N])
+    make bench            (or: .venv/bin/python bench/run.py [--records N] [--freeswitch-calls N]
+                           [--freeswitch-rounds N] [--sections sinks,latency,memory,freeswitch])
 
 1. raw limits: a plain batched executemany of the same rows into the same kind of table (MariaDB,
    PostgreSQL, SQLite), pipelined LPUSH+PUBLISH (Redis), and one INSERT per transaction (what
@@ -24,11 +25,9 @@ import resource
 import select
 import shutil
 import socket
-import sqlite3
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid as uuidlib
 from pathlib import Path
@@ -386,7 +385,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--freeswitch-calls", type=int, default=2000)
+    parser.add_argument("--freeswitch-rounds", type=int, default=5)
+    parser.add_argument("--sections", default="sinks,latency,memory,freeswitch",
+                        help="which parts to run (comma-separated): sinks, latency, memory, freeswitch")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     directory = Path(tempfile.mkdtemp(prefix="fs_cdr_bench-"))
     stream = recorded_stream(args.records)
     probe = config_for("sqlite", "probe", directory)
@@ -405,7 +408,8 @@ def main() -> int:
 
     print(f"{'measure':<52}{'value':>16}{'ratio':>8}  {'target':<10}CPU µs/record: this process + workers + server")
     per_call_n = min(2000, args.records)
-    for kind, target in (("mysql", 0.9), ("postgresql", 0.9), ("sqlite", None), ("redis", 0.8)):
+    kinds = (("mysql", 0.9), ("postgresql", 0.9), ("sqlite", None), ("redis", 0.8)) if "sinks" in sections else ()
+    for kind, target in kinds:
         table = f"bench_{kind}_{uuidlib.uuid4().hex[:6]}"
         meter = CpuMeter(SERVERS[kind])
         if kind == "redis":
@@ -429,6 +433,20 @@ def main() -> int:
     meter.stop()
     row("source stage alone (JSON -> record), one core", f"{rate:,.0f} ev/s", "", ">= 20,000",
         meter.per_record(len(stream)))
+    if "latency" in sections:
+        latency_rows(directory, stream, row)
+    if "memory" in sections:
+        memory_rows(directory, row)
+    if args.freeswitch_calls and "freeswitch" in sections:
+        from switch_cost import freeswitch_rows
+
+        for name, value, ratio, target in freeswitch_rows(directory, args.freeswitch_calls, args.freeswitch_rounds):
+            row(name, value, ratio, target)
+    shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+def latency_rows(directory: Path, stream: list[bytes], row: Callable[..., None]) -> None:
     p50, p99, worst = latency(config_for("mysql", f"bench_lat_{uuidlib.uuid4().hex[:6]}", directory),
                               stream[: min(len(stream), 5000)])
     row("mysql: hangup -> row visible at 500 rec/s, p50", f"{p50:.1f} ms")
@@ -436,18 +454,12 @@ def main() -> int:
     p50, p99, worst = durability_window(directory, stream[: min(len(stream), 3000)])
     row("durability window, db never answers, p50", f"{p50:.0f} ms")
     row("durability window, db never answers, p99 / max", f"{p99:.0f} / {worst:.0f} ms", "", "aim 200 ms")
-    memory_stream = recorded_stream(100_000)
-    per_record, peak = memory_queued(directory, memory_stream)
+
+
+def memory_rows(directory: Path, row: Callable[..., None]) -> None:
+    per_record, peak = memory_queued(directory, recorded_stream(100_000))
     row("memory per queued record (100,000 queued, db down)", f"{per_record / 1024:.1f} KB")
     row("peak RSS of the benchmark process", f"{peak:,.0f} MB")
-    del memory_stream
-    if args.freeswitch_calls:
-        from switch_cost import freeswitch_rows
-
-        for name, value, ratio, target in freeswitch_rows(directory, args.freeswitch_calls):
-            row(name, value, ratio, target)
-    shutil.rmtree(directory, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

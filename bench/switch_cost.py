@@ -3,29 +3,51 @@
 The same private FreeSWITCH as the live tests (tests/live_switch.py), debug logging off, drives N
 two-leg calls (a null/ leg bridged to an auto-answering null/ leg, one second each) as fast as the
 event socket takes ``bgapi originate``, four times: with no CDR module, with FreeSWITCH's own
-mod_cdr_sqlite, and with fs_cdr writing to SQLite and to MariaDB (details on).
+mod_cdr_sqlite, and with fs_cdr writing to SQLite (its sink in a worker process, the default, and in
+FreeSWITCH's own process) and to MariaDB (details on). FreeSWITCH's CPU and its workers' CPU are
+reported apart: the workers run beside FreeSWITCH, not in its threads.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import statistics
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from live_switch import LiveSwitch, missing_reason
 
 from fs_cdr.esl import EventSocket
 
 
-def _drive(live: LiveSwitch, calls: int) -> tuple[float, float]:
-    """Calls/s and FreeSWITCH CPU seconds used, from the first originate until every channel is gone."""
+def _worker_cpu(live: LiveSwitch) -> float:
+    """CPU seconds of FreeSWITCH's child processes (fs_cdr's sink workers), read from /proc."""
+    assert live.process is not None
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == live.process.pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _drive(live: LiveSwitch, calls: int) -> tuple[float, float, float]:
+    """Calls/s, FreeSWITCH CPU seconds and its workers' CPU seconds, from the first originate until
+    every channel is gone and fs_cdr has written what it holds."""
     live.api("fsctl loglevel err")
     live.api("fsctl sps 5000")
     time.sleep(1)
     socket = EventSocket()
-    cpu_before = live.cpu_seconds()
+    cpu_before, workers_before = live.cpu_seconds(), _worker_cpu(live)
     started = time.time()
     for _ in range(calls):
         socket.sock.sendall(b"bgapi originate {null_auto_answer_delay=0}null/bench 4299 XML default\n\n")
@@ -33,9 +55,12 @@ def _drive(live: LiveSwitch, calls: int) -> tuple[float, float]:
     while not live.api("show channels count").strip().startswith("0 total"):
         time.sleep(0.2)
     elapsed = time.time() - started - 1.0  # the last calls talk for a second
+    if live.fs_cdr:
+        live.wait_until(lambda: '"queued":0' in live.api("python fs_cdr status json").replace(" ", ""), 60)
     cpu = live.cpu_seconds() - cpu_before
+    workers = _worker_cpu(live) - workers_before
     socket.close()
-    return calls / elapsed, cpu
+    return calls / elapsed, cpu, workers
 
 
 def _count_sqlite(path: Path, table: str) -> int:
@@ -62,48 +87,66 @@ def _count_mysql(table: str, drop: bool = False) -> int:
     return found
 
 
-def freeswitch_rows(directory: Path, calls: int) -> list[tuple[str, str, str, str]]:
+def _one_run(directory: Path, cdr: dict[str, Any], with_fs_cdr: bool, native: tuple[str, ...],
+             calls: int) -> tuple[float, float, float, int]:
+    """One private FreeSWITCH, ``calls`` calls: calls/s, CPU-s and worker CPU-s per 1,000 calls, rows."""
+    root = directory / f"fs-{uuidlib.uuid4().hex[:8]}"
+    root.mkdir()
+    table = f"bench_fs_{uuidlib.uuid4().hex[:6]}"
+    cdr = dict(cdr, spool_dir=str(root / "spool"))
+    if "database" in cdr and cdr["database"]["dbtype"] == "mysql":
+        cdr["database"] = dict(cdr["database"], table=table)
+    live = LiveSwitch(root, cdr, fs_cdr=with_fs_cdr, native_cdr=native)
+    live.prepare()
+    live.start()
+    try:
+        rate, cpu, workers = _drive(live, calls)
+        if with_fs_cdr:
+            live.api("python fs_cdr flush")
+    finally:
+        live.shutdown()
+    if "mod_cdr_sqlite" in native:
+        rows = _count_sqlite(root / "db" / "cdr.db", "cdr")
+    elif "database" in cdr and cdr["database"]["dbtype"] == "sqlite":
+        rows = _count_sqlite(root / "fs.sqlite", "cdr")
+    elif "database" in cdr:
+        rows = _count_mysql(table, drop=True)
+    else:
+        rows = 0
+    return rate, cpu * 1000 / calls, workers * 1000 / calls, rows
+
+
+def freeswitch_rows(directory: Path, calls: int, rounds: int = 3) -> list[tuple[str, str, str, str]]:
+    """Each variant ``rounds`` times, interleaved (the machine's load drifts); the medians."""
     reason = missing_reason()
     if reason:
         return [("freeswitch", "skipped", "", reason)]
-    table = f"bench_fs_{uuidlib.uuid4().hex[:6]}"
-    variants: list[tuple[str, dict[str, Any], bool, tuple[str, ...]]] = [
-        ("no CDR module", {"log": True}, False, ()),
-        ("mod_cdr_sqlite", {"log": True}, False, ("mod_cdr_sqlite",)),
-        ("fs_cdr -> SQLite, a-legs, no details (as mod_cdr_sqlite)",
-         {"process_cdr": "a_only", "database": {"dbtype": "sqlite", "connectionstring": "fs.sqlite"}}, True, ()),
-        ("fs_cdr -> SQLite", {"details": True, "database": {"dbtype": "sqlite", "connectionstring": "fs.sqlite"}},
-         True, ()),
-        ("fs_cdr -> MariaDB", {"details": True, "database": {"dbtype": "mysql", "connectionstring": "127.0.0.1,3306@test",
-                                                             "username": "root", "table": table}}, True, ()),
+    sqlite = {"dbtype": "sqlite", "connectionstring": "fs.sqlite"}
+    variants: list[tuple[str, dict[str, Any], bool, tuple[str, ...], int]] = [
+        ("no CDR module", {"log": True}, False, (), 0),
+        ("mod_cdr_sqlite (a-legs, no details)", {"log": True}, False, ("mod_cdr_sqlite",), calls),
+        ("fs_cdr -> SQLite, a-legs, no details", {"process_cdr": "a_only", "database": sqlite}, True, (), calls),
+        ("fs_cdr -> SQLite, both legs, details", {"details": True, "database": sqlite}, True, (), 2 * calls),
+        ("fs_cdr -> SQLite, details, no worker process",
+         {"details": True, "database": dict(sqlite, worker_process=False)}, True, (), 2 * calls),
+        ("fs_cdr -> MariaDB, both legs, details", {"details": True, "database": {
+            "dbtype": "mysql", "connectionstring": "127.0.0.1,3306@test", "username": "root"}}, True, (), 2 * calls),
     ]
+    measured: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name, *_ in variants}
+    for _ in range(rounds):
+        for name, cdr, with_fs_cdr, native, _expected in variants:
+            measured[name].append(_one_run(directory, cdr, with_fs_cdr, native, calls))
+    baseline = statistics.median(run[1] for run in measured[variants[0][0]])
     results = []
-    baseline: Optional[float] = None
-    for name, cdr, with_fs_cdr, native in variants:
-        root = directory / f"fs-{len(results)}"
-        root.mkdir()
-        cdr = dict(cdr, spool_dir=str(root / "spool"))
-        live = LiveSwitch(root, cdr, fs_cdr=with_fs_cdr, native_cdr=native)
-        live.prepare()
-        live.start()
-        try:
-            rate, cpu = _drive(live, calls)
-            if with_fs_cdr:
-                live.wait_until(lambda: '"queued":0' in live.api("python fs_cdr status json").replace(" ", ""), 60)
-                live.api("python fs_cdr flush")
-        finally:
-            live.shutdown()
-        if name == "mod_cdr_sqlite":
-            rows = _count_sqlite(root / "db" / "cdr.db", "cdr")
-        elif name.startswith("fs_cdr -> SQLite"):
-            rows = _count_sqlite(root / "fs.sqlite", "cdr")
-        elif name == "fs_cdr -> MariaDB":
-            rows = _count_mysql(table, drop=True)
-        else:
-            rows = 0
-        per_thousand = cpu * 1000 / calls
-        if baseline is None:
-            baseline = per_thousand
-        results.append((f"FreeSWITCH, {calls} calls, {name}", f"{rate:,.0f} calls/s", "",
-                        f"{per_thousand:.2f} CPU-s/1000 calls (+{per_thousand - baseline:.2f}), {rows} rows"))
+    for name, _cdr, _with, _native, expected in variants:
+        runs = measured[name]
+        rate = statistics.median(run[0] for run in runs)
+        cpu = statistics.median(run[1] for run in runs)
+        worker = statistics.median(run[2] for run in runs)
+        rows = [run[3] for run in runs]
+        spread = " / ".join(f"{run[1]:.2f}" for run in runs)
+        worker_text = f" + worker {worker:.2f}" if worker else ""
+        rows_text = f"rows {min(rows)}/{expected}" + ("" if min(rows) == expected else " MISSING")
+        results.append((f"FreeSWITCH, {calls} calls x {rounds}, {name}", f"{rate:,.0f} calls/s", "",
+                        f"{cpu:.2f} CPU-s/1000 calls ({cpu - baseline:+.2f}){worker_text}; runs {spread}; {rows_text}"))
     return results

@@ -176,3 +176,31 @@ def test_the_worker_ends_when_its_parent_is_killed(tmp_path) -> None:
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_sink_the_worker_cannot_load_is_a_retriable_error_that_says_why() -> None:
+    """A worker whose Python lacks what the sink needs (a driver, a newer fs_cdr) answers with the
+    reason instead of dying; the lane retries with backoff and spools meanwhile."""
+    import importlib
+
+    from fs_cdr.errors import RetriableError
+
+    class Unloadable:
+        def __reduce__(self):
+            return (importlib.import_module, ("fs_cdr_no_such_driver",))
+
+    sink = ProcessSink(Unloadable, "broken", 1.0)
+    sink._spawn()
+    try:
+        with pytest.raises(RetriableError) as caught:
+            sink._call(("open", Unloadable()), 30)
+        assert "No module named 'fs_cdr_no_such_driver'" in str(caught.value)
+        # the same worker still answers: the failure was the request's, not the worker's
+        with pytest.raises(RetriableError, match="no open sink"):
+            sink.write([{"uuid": "x"}])
+        assert sink.pid is not None and alive(sink.pid)
+    finally:
+        sink.close()
+    with pytest.raises(RetriableError) as caught:
+        sink.open()
+    assert "fs_cdr_no_such_driver" in str(caught.value) and sink.pid is None  # reaped, not left behind

@@ -198,7 +198,8 @@ class ProcessSink:
 
 
 # -- the child ------------------------------------------------------------------------------------
-def _receive(stream: BinaryIO) -> Optional[tuple[str, Any]]:
+def _receive(stream: BinaryIO) -> Optional[bytes]:
+    """One request's bytes; None at the end of input."""
     head = stream.read(_LENGTH.size)
     if len(head) < _LENGTH.size:
         return None
@@ -206,7 +207,7 @@ def _receive(stream: BinaryIO) -> Optional[tuple[str, Any]]:
     data = stream.read(size)
     if len(data) < size:
         return None
-    return pickle.loads(data)
+    return data
 
 
 def _answer(stream: BinaryIO, answer: tuple[Any, ...]) -> None:
@@ -229,8 +230,10 @@ def serve() -> None:
         request = _receive(requests)
         if request is None:
             break
-        operation, argument = request
         try:
+            # a request that cannot be unpickled (a sink class this worker cannot import) is that
+            # request's failure, answered like any other: the framing stays intact
+            operation, argument = pickle.loads(request)
             if operation == "open":
                 if sink is not None:
                     sink.close()

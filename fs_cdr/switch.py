@@ -7,6 +7,9 @@ thread that pops events from FreeSWITCH's EventConsumer.
 Facts from a real FreeSWITCH that shape this module:
 - ``EventConsumer.pop(1, ms)`` releases the GIL while it waits; when its C queue is full FreeSWITCH
   drops the event ("Cannot queue any more events"), so the queue is large and the pop loop does no I/O.
+  It releases the GIL on every call, even with an event waiting, so any thread that wants the GIL
+  contends with the pop loop event by event: the database drivers therefore run in sink worker
+  processes (sinks/worker.py), started with the same Python version mod_python3 embeds.
 - Shutdown sends Python nothing (no atexit, no SystemExit): SHUTDOWN_REQUESTED and SHUTDOWN events are
   bound so the engine spools what it holds, and every later record goes straight to the spool.
 - Threads started from Python inherit FreeSWITCH's small stack size; ``threading.stack_size`` gives

@@ -1,7 +1,7 @@
 """Sink writers: the shared machinery between the dispatcher and a sink.
 
-Each sink gets a :class:`SinkLane`: its writer threads (one connection each), its durable spool and
-its counters. The contract every lane keeps:
+Each sink gets a :class:`SinkLane`: its writer threads (one connection each; by default each runs its
+sink in a worker process, sinks/worker.py), its durable spool and its counters. The contract every lane keeps:
 
 - ``offer`` never blocks and never does I/O: it appends to a bounded in-memory queue, or, when the
   queue is full or the sink is down, to an overflow list that the guard thread moves to disk.

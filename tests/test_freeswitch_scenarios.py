@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 import time
 import uuid as uuidlib
 
 import pytest
 
 from conftest import MARIADB, connect
-from live_switch import LiveSwitch, missing_reason, process_gone
+from live_switch import SYSTEM_PYTHON, LiveSwitch, missing_reason, process_gone
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
 
@@ -222,6 +223,12 @@ def parent_of(pid: int) -> int:
         return int(handle.read().rsplit(")", 1)[1].split()[1])
 
 
+#: what sys.prefix/bin/pythonX.Y is for the Python mod_python3 embeds (Debian's: /usr/bin/python3.11)
+EMBEDDED_PYTHON = subprocess.run(
+    [SYSTEM_PYTHON, "-c", "import sys; print('%s/bin/python%d.%d' % ((sys.prefix,) + sys.version_info[:2]))"],
+    capture_output=True, text=True).stdout.strip() if os.path.exists(SYSTEM_PYTHON) else ""
+
+
 def test_each_sink_runs_in_a_worker_process_beside_freeswitch(switch) -> None:
     """The drivers run in child processes of FreeSWITCH started with the Python mod_python3 embeds."""
     pids = switch.worker_pids()
@@ -230,7 +237,8 @@ def test_each_sink_runs_in_a_worker_process_beside_freeswitch(switch) -> None:
         assert parent_of(pid) == switch.process.pid
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             command = handle.read().split(b"\0")
-        assert os.path.basename(command[0].decode()).startswith("python3") and b"fs_cdr.sinks.worker" in command[2]
+        # the embedded Python's own installation, whatever python3 comes first on FreeSWITCH's PATH
+        assert command[0].decode() == EMBEDDED_PYTHON and b"fs_cdr.sinks.worker" in command[2]
     assert switch.phone("1101", name="through_workers").startswith("+OK")
     a, b = legs(settled_rows(switch, "through_workers", 2))
     assert (a["leg"], b["leg"]) == ("a", "b")

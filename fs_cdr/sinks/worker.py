@@ -39,16 +39,20 @@ _HELLO = b"fs_cdr worker ready"
 
 
 def interpreter() -> str:
-    """The Python to run the worker with: the current one when it is a Python binary (fs-cdr, the
-    tests), else — inside FreeSWITCH, whose executable is FreeSWITCH — the same version's python."""
-    executable = sys.executable or ""
-    if os.path.basename(executable).startswith("python") and os.access(executable, os.X_OK):
-        return executable
+    """The Python to run the worker with: the running installation's own ``pythonX.Y`` (same version,
+    same compiled drivers). Inside FreeSWITCH ``sys.executable`` is whatever ``python3`` comes first on
+    FreeSWITCH's PATH (a pyenv or a venv Python, say), but ``sys.prefix`` is the embedded Python's
+    (``/usr`` for Debian's), so ``/usr/bin/python3.11`` is what runs."""
     version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    for candidate in (f"/usr/bin/{version}", shutil.which(version), "/usr/bin/python3", shutil.which("python3")):
-        if candidate and os.access(candidate, os.X_OK):
+    candidates = [os.path.join(sys.prefix, "bin", version), os.path.join(sys.base_prefix, "bin", version)]
+    executable = sys.executable or ""
+    if os.path.basename(executable).startswith("python"):
+        candidates.append(executable)
+    candidates += [f"/usr/bin/{version}", shutil.which(version) or ""]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
-    raise RetriableError(f"no {version} interpreter found to run the sink worker")
+    raise RetriableError(f"no {version} found to run the sink worker (looked in {sys.prefix}/bin and /usr/bin)")
 
 
 class ProcessSink:

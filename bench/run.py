@@ -420,9 +420,11 @@ def main() -> int:
             row(f"{kind}: raw executemany, batches of 500", f"{raw:,.0f} rec/s", cpu=meter.per_record(len(records)))
             single = raw_per_call(config_for(kind, table + "s", directory), records[:per_call_n])
             row(f"{kind}: one INSERT+commit per call (C modules)", f"{single:,.0f} rec/s", f"{single / raw:.2f}")
-        variants = (("fs_cdr end to end (sink in a worker)", {}),
+        default_writers = 1 if kind in ("sqlite", "redis") else 2
+        other = 3 - default_writers
+        variants = ((f"fs_cdr end to end (defaults: {default_writers} writer{'s' * (default_writers > 1)})", {}),
                     ("fs_cdr, sink in the source's process", {"worker_process": False}),
-                    ("fs_cdr, two writers (workers: 2)", {"workers": 2}))
+                    (f"fs_cdr, workers: {other}", {"workers": other}))
         for number, (label, extra) in enumerate(variants):
             ours = fs_cdr_end_to_end(config_for(kind, f"{table}e{number}", directory, **extra), stream, meter)
             row(f"{kind}: {label}", f"{ours:,.0f} rec/s", f"{ours / raw:.2f}", f">= {target}" if target else "",

@@ -505,7 +505,9 @@ def _database(value: object, path: str, paths: Paths, index: int, base: str) -> 
         password=section.text("password") or url_password,
         dialect=dialect,
         driver=section.text("driver"),
-        batch=_batch(section, BatchSettings()),
+        # A database server takes two connections' batches at once (each writer's batch waits on the
+        # server while the other's is encoded); one SQLite file takes one writer at a time.
+        batch=_batch(section, BatchSettings(workers=1 if dbtype == "sqlite" else 2)),
         **parts,
     )
     section.done()

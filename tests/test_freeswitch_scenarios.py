@@ -199,7 +199,7 @@ def test_status_and_reload_from_fs_cli(switch) -> None:
     finally:
         switch.cdr_path.write_text(good)
     before = switch.worker_pids()
-    assert len(before) == 3
+    assert len(before) == WRITERS
     assert switch.api("python fs_cdr reload").startswith("+OK")
     # the same sinks keep their workers; the workers that checked the new file (the probe) have ended
     assert switch.worker_pids() == before
@@ -223,6 +223,8 @@ def parent_of(pid: int) -> int:
         return int(handle.read().rsplit(")", 1)[1].split()[1])
 
 
+#: one writer (and worker) for SQLite and Redis, two for MariaDB (a database server's default)
+WRITERS = 4
 #: what sys.prefix/bin/pythonX.Y is for the Python mod_python3 embeds (Debian's: /usr/bin/python3.11)
 EMBEDDED_PYTHON = subprocess.run(
     [SYSTEM_PYTHON, "-c", "import sys; print('%s/bin/python%d.%d' % ((sys.prefix,) + sys.version_info[:2]))"],
@@ -232,7 +234,7 @@ EMBEDDED_PYTHON = subprocess.run(
 def test_each_sink_runs_in_a_worker_process_beside_freeswitch(switch) -> None:
     """The drivers run in child processes of FreeSWITCH started with the Python mod_python3 embeds."""
     pids = switch.worker_pids()
-    assert len(pids) == 3
+    assert len(pids) == WRITERS
     for pid in pids:
         assert parent_of(pid) == switch.process.pid
         with open(f"/proc/{pid}/cmdline", "rb") as handle:

@@ -57,9 +57,11 @@ def test_rows_through_a_worker_process_equal_rows_written_in_process(sql_kind, t
             engine.handle(item)
             worker_engine.handle(item)
     assert engine.flush(30) and worker_engine.flush(30), worker_engine.status()
-    child = worker_of(worker_engine).pid
-    assert child and child != os.getpid() and alive(child)
-    assert worker_engine.status()["sinks"][0]["worker_pids"] == [child]
+    writers = worker_engine.lanes[0].writers
+    children = [writer._sink.pid for writer in writers]
+    assert all(child and child != os.getpid() and alive(child) for child in children)
+    assert len(set(children)) == len(writers) == (1 if sql_kind == "sqlite" else 2)  # a server gets two
+    assert worker_engine.status()["sinks"][0]["worker_pids"] == children
     assert engine.status()["sinks"][0]["worker_pids"] == []
     try:
         expected = sorted(rows(sql_kind, tmp_path, table_name), key=lambda row: row["uuid"])
@@ -90,7 +92,7 @@ def test_redis_through_a_worker_process(tmp_path, table_name, engines) -> None:
 
 def test_a_killed_worker_is_started_again_and_every_record_arrives_once(tmp_path, table_name, engines) -> None:
     engine = engines(make_config({"cdr": {"fields": ["queue_name"], "database": dict(
-        database_entry("postgresql", table_name, tmp_path), worker_process=True)}}, tmp_path))
+        database_entry("postgresql", table_name, tmp_path), worker_process=True, workers=1)}}, tmp_path))
     try:
         for index in range(200):
             engine.handle(event(index, table_name))
@@ -113,7 +115,7 @@ def test_a_hung_worker_costs_the_source_nothing_and_its_batch_is_spooled(tmp_pat
     """SIGSTOP the child mid-stream: the guard moves what waits to the spool within the window; once
     the child runs again everything is written, and nothing twice."""
     engine = engines(make_config({"cdr": {"fields": ["queue_name"], "durable_window_ms": 200, "database": dict(
-        database_entry("postgresql", table_name, tmp_path), worker_process=True)}}, tmp_path))
+        database_entry("postgresql", table_name, tmp_path), worker_process=True, workers=1)}}, tmp_path))
     try:
         engine.handle(event(0, table_name))
         assert engine.flush(20)

@@ -206,3 +206,22 @@ def test_a_sink_the_worker_cannot_load_is_a_retriable_error_that_says_why() -> N
     with pytest.raises(RetriableError) as caught:
         sink.open()
     assert "fs_cdr_no_such_driver" in str(caught.value) and sink.pid is None  # reaped, not left behind
+
+
+def test_a_worker_that_keeps_dying_leaves_no_pipes_open() -> None:
+    """Each failed start is reaped and its pipes closed: a worker that dies at every attempt during a
+    long outage must not use up FreeSWITCH's file descriptors."""
+    from fs_cdr.errors import RetriableError
+
+    class DiesAtOnce:
+        def __reduce__(self):
+            return (os._exit, (3,))
+
+    before = len(os.listdir("/proc/self/fd"))
+    kept = []  # the sinks and their errors (tracebacks and all) stay alive, as a logged error may
+    for _ in range(20):
+        sink = ProcessSink(DiesAtOnce, "dying", 1.0)
+        with pytest.raises(RetriableError, match=r"exited \(exit code 3\)") as caught:
+            sink.open()
+        kept.append((sink, caught.value))
+    assert len(os.listdir("/proc/self/fd")) == before

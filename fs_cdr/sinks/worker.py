@@ -66,6 +66,7 @@ class ProcessSink:
         self.write_timeout_s = max(60.0, 12 * timeout_s)
         self.open_timeout_s = max(30.0, 3 * timeout_s)
         self._child: Optional[subprocess.Popen] = None
+        self._relay: Optional[threading.Thread] = None
         self._errors: list[str] = []
 
     # -- the Sink interface ---------------------------------------------------------------------
@@ -78,17 +79,17 @@ class ProcessSink:
             raise
 
     def write(self, records: Sequence[Any]) -> None:
-        if self._child is None:
-            raise RetriableError("the sink worker is not running")
         self._call(("write", list(records)), self.write_timeout_s)
 
     def close(self) -> None:
+        """End the child (it closes its sink on end of input; killed after 5 s), reap it, and close
+        its pipes once its last log lines are relayed."""
         child, self._child = self._child, None
         if child is None:
             return
         try:
             assert child.stdin is not None
-            child.stdin.close()  # the child closes its sink and exits on end of input
+            child.stdin.close()
             child.wait(5)
         except Exception:  # noqa: BLE001 - close never raises
             pass
@@ -98,6 +99,8 @@ class ProcessSink:
                 child.wait(5)
             except Exception:  # noqa: BLE001
                 pass
+        if self._relay is not None:
+            self._relay.join(2)  # the child is gone: its stderr ends
         for stream in (child.stdout, child.stderr):
             try:
                 if stream is not None:
@@ -122,8 +125,9 @@ class ProcessSink:
             raise RetriableError(f"cannot start the sink worker ({command[0]}): {error}") from error
         self._child = child
         self._errors = []
-        threading.Thread(target=self._relay_log, args=(child,), name=f"fs_cdr-{self.name}-worker-log",
-                         daemon=True).start()
+        self._relay = threading.Thread(target=self._relay_log, args=(child,), name=f"fs_cdr-{self.name}-worker-log",
+                                       daemon=True)
+        self._relay.start()
         hello = self._read(child, len(_HELLO), self.open_timeout_s)
         if hello != _HELLO:
             raise self._lost(child, "did not start")
@@ -171,15 +175,11 @@ class ProcessSink:
         return b"".join(parts)
 
     def _lost(self, child: subprocess.Popen, what: str) -> RetriableError:
-        """The child is gone or useless: reap it and say why, with its last words."""
-        try:
-            child.wait(2)
-        except subprocess.TimeoutExpired:
-            child.kill()
-        code = child.poll()
-        self._child = None
+        """The child is gone or useless: end it as :meth:`close` does (pipes closed, not left for the
+        garbage collector) and say why, with its last words."""
+        self.close()
         said = " | ".join(self._errors[-3:])
-        return RetriableError(f"the sink worker {what} (exit code {code}){': ' + said if said else ''}")
+        return RetriableError(f"the sink worker {what} (exit code {child.returncode}){': ' + said if said else ''}")
 
     def _relay_log(self, child: subprocess.Popen) -> None:
         """The child's log lines (level, logger: message) into this process's log."""

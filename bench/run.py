@@ -45,6 +45,7 @@ from fs_cdr.schema import table_columns  # noqa: E402
 from fs_cdr.sinks.redis import payload  # noqa: E402
 from fs_cdr.sinks.sql import SqlSink, dialect_for  # noqa: E402
 from fs_cdr.sinks.worker import ProcessSink  # noqa: E402
+from processes import processes  # noqa: E402
 
 TEMPLATE_FILE = ROOT / "tests/events/b_bridge_null.jsonl"
 FIELDS = ["rtp_last_audio_codec_string", "number:billsec", "number:duration", "record_filename",
@@ -96,35 +97,18 @@ def drop(sink: SqlSink) -> None:
 
 
 class CpuMeter:
-    """CPU seconds between start() and stop(): this process, its live child processes (fs_cdr's
-    sink workers), and the server's processes (PostgreSQL backends included), read from /proc."""
+    """CPU seconds between start() and stop(): this process, its child processes (fs_cdr's sink
+    workers), and the server's processes (PostgreSQL backends included)."""
 
     def __init__(self, server: str = "") -> None:
         self.server = server[:15]
 
-    @staticmethod
-    def _processes() -> dict[int, tuple[int, str, float]]:
-        found = {}
-        tick = os.sysconf("SC_CLK_TCK")
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    text = handle.read()
-            except OSError:
-                continue
-            name = text[text.index("(") + 1:text.rindex(")")]
-            fields = text.rsplit(")", 1)[1].split()
-            found[int(entry)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
-        return found
-
-    def _sample(self) -> tuple[float, float, float]:
+    def _sample(self) -> tuple[float, dict[int, float], dict[int, float]]:
         me = os.getpid()
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        processes = self._processes()
-        children = {pid: cpu for pid, (parent, _, cpu) in processes.items() if parent == me}
-        server = {pid: cpu for pid, (_, name, cpu) in processes.items() if self.server and name.startswith(self.server)}
+        everything = processes()
+        children = {entry.pid: entry.cpu_s for entry in everything if entry.parent == me}
+        server = {entry.pid: entry.cpu_s for entry in everything if self.server and entry.name.startswith(self.server)}
         return usage.ru_utime + usage.ru_stime, children, server
 
     def start(self) -> None:

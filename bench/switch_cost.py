@@ -10,7 +10,6 @@ reported apart: the workers run beside FreeSWITCH, not in its threads.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import statistics
 import time
@@ -19,25 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from live_switch import LiveSwitch, missing_reason
+from processes import processes
 
 from fs_cdr.esl import EventSocket
 
 
 def _worker_cpu(live: LiveSwitch) -> float:
-    """CPU seconds of FreeSWITCH's child processes (fs_cdr's sink workers), read from /proc."""
+    """CPU seconds of FreeSWITCH's child processes (fs_cdr's sink workers)."""
     assert live.process is not None
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == live.process.pid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(entry.cpu_s for entry in processes() if entry.parent == live.process.pid)
 
 
 def _drive(live: LiveSwitch, calls: int) -> tuple[float, float, float]:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from processes import process
+
 REPO = Path(__file__).resolve().parent.parent
 FS_PREFIX = Path(os.environ.get("FS_PREFIX", "/usr/local/freeswitch"))
 FS_BIN = FS_PREFIX / "bin" / "freeswitch"
@@ -56,15 +58,6 @@ def ensure_drivers() -> Path:
         shutil.rmtree(DRIVERS / "fs_cdr", ignore_errors=True)
         stamp.write_text(wanted)
     return DRIVERS
-
-
-def process_gone(pid: int) -> bool:
-    """No such process, or only its zombie (exited, not yet reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
 
 
 class LiveSwitch:
@@ -193,9 +186,9 @@ class LiveSwitch:
     def cpu_seconds(self) -> float:
         """FreeSWITCH's user+system CPU time so far."""
         assert self.process is not None
-        with open(f"/proc/{self.process.pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        found = process(self.process.pid)
+        assert found is not None, "FreeSWITCH is gone"
+        return found.cpu_s
 
     def worker_pids(self) -> list[int]:
         """fs_cdr's sink workers (child processes of FreeSWITCH), from ``python fs_cdr status json``."""

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from fs_cdr.esl import EventSocket
-from live_switch import LiveSwitch, missing_reason, process_gone
+from live_switch import LiveSwitch, missing_reason
+from processes import process_gone
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
 

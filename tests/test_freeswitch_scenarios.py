@@ -16,7 +16,8 @@ import uuid as uuidlib
 import pytest
 
 from conftest import MARIADB, connect
-from live_switch import SYSTEM_PYTHON, LiveSwitch, missing_reason, process_gone
+from live_switch import SYSTEM_PYTHON, LiveSwitch, missing_reason
+from processes import children_of, process
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
 
@@ -203,24 +204,8 @@ def test_status_and_reload_from_fs_cli(switch) -> None:
     assert switch.api("python fs_cdr reload").startswith("+OK")
     # the same sinks keep their workers; the workers that checked the new file (the probe) have ended
     assert switch.worker_pids() == before
-    assert switch.wait_until(lambda: sorted(children_of(switch.process.pid)) == sorted(before), 20)
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and not process_gone(int(entry)):
-            try:
-                if parent_of(int(entry)) == pid:
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
-def parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as handle:
-        return int(handle.read().rsplit(")", 1)[1].split()[1])
+    assert switch.wait_until(
+        lambda: sorted(child.pid for child in children_of(switch.process.pid)) == sorted(before), 20)
 
 
 #: one writer (and worker) for SQLite and Redis, two for MariaDB (a database server's default)
@@ -236,7 +221,7 @@ def test_each_sink_runs_in_a_worker_process_beside_freeswitch(switch) -> None:
     pids = switch.worker_pids()
     assert len(pids) == WRITERS
     for pid in pids:
-        assert parent_of(pid) == switch.process.pid
+        assert process(pid).parent == switch.process.pid
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             command = handle.read().split(b"\0")
         # the embedded Python's own installation, whatever python3 comes first on FreeSWITCH's PATH

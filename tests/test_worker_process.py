@@ -19,6 +19,7 @@ from conftest import (SCENARIOS, TOTAL_ROWS, database_entry, drop_table, hangups
 from fs_cdr.engine import probe_config
 from fs_cdr.errors import ConfigError
 from fs_cdr.sinks.worker import ProcessSink
+from processes import process_gone
 
 TEMPLATE = hangups("b_bridge_null")[1]
 
@@ -35,13 +36,7 @@ def worker_of(engine) -> ProcessSink:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead too
-    with open(f"/proc/{pid}/stat") as handle:
-        return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    return not process_gone(pid)
 
 
 def test_rows_through_a_worker_process_equal_rows_written_in_process(sql_kind, table_name, tmp_path, engines) -> None:

@@ -233,6 +233,52 @@ def source_stage(config, stream: list[bytes]) -> float:
     return len(stream) / (time.perf_counter() - started)
 
 
+def stamped(original: Callable, stamps: dict[str, float], first: bool = False) -> Callable:
+    """``original`` (a method taking a batch of records), noting when it returned for each record:
+    the last time, or with ``first`` the first."""
+    def method(self, records):
+        records = list(records)
+        result = original(self, records)
+        now = time.perf_counter()
+        for record in records:
+            if first:
+                stamps.setdefault(record["uuid"], now)
+            else:
+                stamps[record["uuid"]] = now
+        return result
+    return method
+
+
+def offer_at_rate(engine: Engine, stream: list[bytes], rate: float) -> dict[str, float]:
+    """Hand ``stream`` to the engine at ``rate`` events per second; when each was handed over."""
+    offered: dict[str, float] = {}
+    start = time.perf_counter()
+    for index, text in enumerate(stream):
+        pause = start + index / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        event = decode_event(text)
+        offered[event["Unique-ID"]] = time.perf_counter()
+        engine.handle(event)
+    return offered
+
+
+def spread(offered: dict[str, float], done: dict[str, float]) -> tuple[float, float, float]:
+    """p50/p99/max ms from each record's offer to its ``done`` time."""
+    delays = sorted((done[key] - offered[key]) * 1000 for key in offered)
+    return statistics.median(delays), delays[int(len(delays) * 0.99) - 1], delays[-1]
+
+
+def abandon(engine: Engine) -> None:
+    """Stop an engine whose sink never takes a write, without the wait for it that stop() makes."""
+    engine.guard.stop()
+    for lane in engine.lanes:
+        for writer in lane.writers:
+            writer.stop()
+        lane.journal.close()
+        lane.spool.close()
+
+
 def latency(config, stream: list[bytes], rate: float = 500.0) -> tuple[float, float, float]:
     """p50/p99/max ms from handle() (the hangup popped) to the commit that made the row visible."""
     sink = sql_sink(config)
@@ -241,39 +287,21 @@ def latency(config, stream: list[bytes], rate: float = 500.0) -> tuple[float, fl
     # the write that returns in this process once the row is committed: the worker's, or the sink's
     # own when it runs here
     writes = {kind: kind.write for kind in (SqlSink, ProcessSink)}
-
-    def timed(original):
-        def write(self, records):
-            original(self, records)
-            now = time.perf_counter()
-            for record in records:
-                committed[record["uuid"]] = now
-        return write
-
     for kind, original in writes.items():
-        kind.write = timed(original)
-    offered: dict[str, float] = {}
+        kind.write = stamped(original, committed)
     try:
         engine = Engine(config).start()
         time.sleep(0.2)
-        start = time.perf_counter()
-        for index, text in enumerate(stream):
-            pause = start + index / rate - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            event = decode_event(text)
-            offered[event["Unique-ID"]] = time.perf_counter()
-            engine.handle(event)
+        offered = offer_at_rate(engine, stream, rate)
         engine.flush(60)
         engine.stop()
     finally:
         for kind, original in writes.items():
             kind.write = original
-    delays = sorted((committed[key] - offered[key]) * 1000 for key in offered)
     sink = sql_sink(config)
     drop(sink)
     sink.close()
-    return statistics.median(delays), delays[int(len(delays) * 0.99) - 1], delays[-1]
+    return spread(offered, committed)
 
 
 def durability_window(directory: Path, stream: list[bytes], rate: float = 500.0) -> tuple[float, float, float]:
@@ -287,49 +315,19 @@ def durability_window(directory: Path, stream: list[bytes], rate: float = 500.0)
     port = stalled.getsockname()[1]
     durable: dict[str, float] = {}
     originals = (Journal.append, Spool.append)
-
-    def journal_append(self, records):
-        result = originals[0](self, records)
-        now = time.perf_counter()
-        for record in records:
-            durable.setdefault(record["uuid"], now)
-        return result
-
-    def spool_append(self, records):
-        records = list(records)
-        result = originals[1](self, records)
-        now = time.perf_counter()
-        for record in records:
-            durable.setdefault(record["uuid"], now)
-        return result
-
-    Journal.append, Spool.append = journal_append, spool_append
-    offered: dict[str, float] = {}
+    Journal.append, Spool.append = (stamped(original, durable, first=True) for original in originals)
     try:
         config = parse_config({"cdr": {"details": True, "fields": FIELDS, "spool_dir": str(directory / "spool-dw"),
                                        "database": {"dbtype": "mysql", "connectionstring": f"127.0.0.1,{port}@test",
                                                     "timeout_s": 5}}})
         engine = Engine(config).start()
-        start = time.perf_counter()
-        for index, text in enumerate(stream):
-            pause = start + index / rate - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            event = decode_event(text)
-            offered[event["Unique-ID"]] = time.perf_counter()
-            engine.handle(event)
+        offered = offer_at_rate(engine, stream, rate)
         time.sleep(1.0)
-        engine.guard.stop()
-        for lane in engine.lanes:
-            for writer in lane.writers:
-                writer.stop()
-            lane.journal.close()
-            lane.spool.close()
+        abandon(engine)
     finally:
         Journal.append, Spool.append = originals
         stalled.close()
-    delays = sorted((durable[key] - offered[key]) * 1000 for key in offered)
-    return statistics.median(delays), delays[int(len(delays) * 0.99) - 1], delays[-1]
+    return spread(offered, durable)
 
 
 def rss_mb() -> float:
@@ -356,11 +354,7 @@ def memory_queued(directory: Path, stream: list[bytes]) -> tuple[float, float]:
     after = rss_mb()
     queued = engine.status()["sinks"][0]["queued"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    engine.guard.stop()
-    for lane in engine.lanes:
-        for writer in lane.writers:
-            writer.stop()
-        lane.spool.close()
+    abandon(engine)
     assert queued == len(stream), queued
     return (after - before) * 2**20 / len(stream), peak
 

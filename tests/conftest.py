@@ -39,6 +39,25 @@ def scenario_events(name: str) -> list[dict[str, Any]]:
         return [decode_event(line) for line in handle if line.strip()]
 
 
+def cjson_string(raw: bytes) -> bytes:
+    """FreeSWITCH's cJSON ``print_string_ptr``: escapes ``"``, ``\\`` and bytes below 0x20, copies
+    every other byte (so bytes that are not UTF-8 reach the JSON text as they are)."""
+    out = bytearray(b'"')
+    for byte in raw:
+        if byte in b'"\\':
+            out += b"\\" + bytes([byte])
+        elif byte < 0x20:
+            out += {0x08: b"\\b", 0x0C: b"\\f", 0x0A: b"\\n", 0x0D: b"\\r", 0x09: b"\\t"}.get(byte, b"\\u%04x" % byte)
+        else:
+            out.append(byte)
+    return bytes(out + b'"')
+
+
+def cjson_object(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """``Event.serialize('json')``: cJSON_PrintUnformatted of the event's headers."""
+    return b"{" + b",".join(cjson_string(name) + b":" + cjson_string(value) for name, value in headers) + b"}"
+
+
 def hangups(name: str) -> list[dict[str, Any]]:
     return [event for event in scenario_events(name) if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
 
@@ -141,6 +160,18 @@ def create_strict_mysql_table(tmp_path: Any, table: str, extra_columns: str) -> 
     cursor.execute("SELECT @@sql_mode")
     assert "STRICT_TRANS_TABLES" in cursor.fetchone()[0]
     connection.close()
+
+
+def assert_a_missing_column_is_named(entry: dict[str, Any], tmp_path: Any) -> None:
+    """Create ``entry``'s table, then configure a field it has no column for: the check of the
+    configuration refuses it, naming the column and the ALTER ... ADD to run."""
+    from fs_cdr.engine import probe_config
+    from fs_cdr.errors import ConfigError
+
+    probe_config(make_config({"cdr": {"database": entry}}, tmp_path))  # creates the table
+    with pytest.raises(ConfigError) as caught:
+        probe_config(make_config({"cdr": {"database": entry, "fields": ["queue_name"]}}, tmp_path))
+    assert "queue_name" in str(caught.value) and "ADD" in str(caught.value)
 
 
 def make_config(document: dict[str, Any], tmp_path: Any) -> CdrConfig:

@@ -17,7 +17,7 @@ from typing import Any, Union
 
 import pytest
 
-from conftest import connect, database_entry, drop_table, hangups, make_config, rows
+from conftest import cjson_object, connect, database_entry, drop_table, hangups, make_config, rows
 from fs_cdr.channel import DECODE_NOTICES, decode_event, dumps
 from fs_cdr.record import MASK
 
@@ -71,27 +71,12 @@ FIELDS = ["hostile:sip_h_X-Hostile", "order:sip_user_agent", "select:${sip_h_X-H
 SECRET = "Hunter2-s3cret"
 
 
-def cjson_string(raw: bytes) -> bytes:
-    """FreeSWITCH's cJSON ``print_string_ptr``: escapes ``"``, ``\\`` and bytes below 0x20 (NUL
-    only reaches it from an event stream), copies every other byte as it is."""
-    out = bytearray(b'"')
-    for byte in raw:
-        if byte in b'"\\':
-            out += b"\\" + bytes([byte])
-        elif byte < 0x20:
-            out += {0x08: b"\\b", 0x0C: b"\\f", 0x0A: b"\\n", 0x0D: b"\\r", 0x09: b"\\t"}.get(byte, b"\\u%04x" % byte)
-        else:
-            out.append(byte)
-    return bytes(out + b'"')
-
-
 def as_freeswitch_sends(headers: dict[Union[str, bytes], Any]) -> dict[str, Any]:
     """Serialize like ``Event.serialize('json')``, hand over like mod_python3, decode like fs_cdr."""
     def raw(value: Union[str, bytes]) -> bytes:
         return value if isinstance(value, bytes) else value.encode()
 
-    data = b"{" + b",".join(cjson_string(raw(name)) + b":" + cjson_string(raw(value))
-                            for name, value in headers.items()) + b"}"
+    data = cjson_object([(raw(name), raw(value)) for name, value in headers.items()])
     return decode_event(data.decode("utf-8", "surrogateescape"))
 
 

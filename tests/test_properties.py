@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import SCENARIOS, SEED_FIELDS, scenario_events
+from conftest import SCENARIOS, SEED_FIELDS, cjson_object, scenario_events
 from fs_cdr.channel import REPLACEMENT, clean_text, decode_event, header
 from fs_cdr.config import CdrConfig, Paths, load_config, parse_config
 from fs_cdr.engine import Engine
@@ -181,25 +181,6 @@ def assert_record_is_storable(record: dict[str, Any], headers: dict[str, Any]) -
         assert details["sip_auth_password"] == MASK
     # The one document Redis and the spool carry: valid JSON, and the same record read back.
     assert record_from_json(record_json(record)) == record
-
-
-def cjson_string(raw: bytes) -> bytes:
-    """FreeSWITCH's cJSON ``print_string_ptr``: escapes ``"``, ``\\`` and bytes below 0x20, copies
-    every other byte (so bytes that are not UTF-8 reach the JSON text as they are)."""
-    out = bytearray(b'"')
-    for byte in raw:
-        if byte in b'"\\':
-            out += b"\\" + bytes([byte])
-        elif byte < 0x20:
-            out += {0x08: b"\\b", 0x0C: b"\\f", 0x0A: b"\\n", 0x0D: b"\\r", 0x09: b"\\t"}.get(byte, b"\\u%04x" % byte)
-        else:
-            out.append(byte)
-    return bytes(out + b'"')
-
-
-def cjson_object(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """``Event.serialize('json')``: cJSON_PrintUnformatted of the event's headers."""
-    return b"{" + b",".join(cjson_string(name) + b":" + cjson_string(value) for name, value in headers) + b"}"
 
 
 def swig_str(data: bytes) -> str:

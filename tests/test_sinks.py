@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from conftest import EXPECTED_ROWS, SCENARIOS, SEED_FIELDS, TOTAL_ROWS, connect, database_entry, hangups, make_config, rows, scenario_events
+from conftest import EXPECTED_ROWS, SCENARIOS, SEED_FIELDS, TOTAL_ROWS, assert_a_missing_column_is_named, connect, database_entry, hangups, make_config, rows, scenario_events
 from fs_cdr.engine import Engine, probe_config
-from fs_cdr.errors import ConfigError
 from fs_cdr.source import play
 from fs_cdr.sinks.redis import payload
 
@@ -81,12 +80,12 @@ def test_fields_and_details_round_trip(sql_kind, table_name, tmp_path, engines) 
     assert details == expected
 
 
-def test_a_configured_field_without_a_column_is_an_error_naming_it(sql_kind, table_name, tmp_path) -> None:
-    entry = database_entry(sql_kind, table_name, tmp_path)
-    probe_config(make_config({"cdr": {"database": entry}}, tmp_path))  # creates the table
-    with pytest.raises(ConfigError) as caught:
-        probe_config(make_config({"cdr": {"database": entry, "fields": ["queue_name"]}}, tmp_path))
-    assert "queue_name" in str(caught.value) and "ADD" in str(caught.value)
+@pytest.mark.parametrize("worker_process", [True, False], ids=["sink in a worker", "sink in-process"])
+def test_a_configured_field_without_a_column_is_an_error_naming_it(worker_process, sql_kind, table_name,
+                                                                   tmp_path) -> None:
+    """Through a worker the error comes back over the pipe with its key path intact."""
+    assert_a_missing_column_is_named(dict(database_entry(sql_kind, table_name, tmp_path),
+                                          worker_process=worker_process), tmp_path)
 
 
 def test_schema_ddl_creates_a_table_the_engine_accepts(sql_kind, table_name, tmp_path) -> None:

@@ -16,7 +16,6 @@ import pytest
 
 from conftest import (SCENARIOS, TOTAL_ROWS, database_entry, drop_table, hangups,
                       make_config, rows, scenario_events, wait_for)
-from fs_cdr.engine import probe_config
 from fs_cdr.errors import ConfigError
 from fs_cdr.sinks.worker import ProcessSink
 from processes import process_gone
@@ -131,14 +130,6 @@ def test_a_hung_worker_costs_the_source_nothing_and_its_batch_is_spooled(tmp_pat
         assert slowest < 0.2
     finally:
         drop_table("postgresql", tmp_path, table_name)
-
-
-def test_a_configuration_error_comes_back_from_the_worker_naming_the_column(tmp_path, table_name) -> None:
-    entry = dict(database_entry("sqlite", table_name, tmp_path), worker_process=True)
-    probe_config(make_config({"cdr": {"database": entry}}, tmp_path))
-    with pytest.raises(ConfigError) as caught:
-        probe_config(make_config({"cdr": {"database": entry, "fields": ["queue_name"]}}, tmp_path))
-    assert "queue_name" in str(caught.value) and "ADD" in str(caught.value)
 
 
 def test_worker_process_must_be_a_boolean(tmp_path) -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import EXPECTED_ROWS, SCENARIOS, SEED_FIELDS, TOTAL_ROWS, assert_a_missing_column_is_named, connect, database_entry, hangups, make_config, rows, scenario_events
+from conftest import EXPECTED_ROWS, SCENARIOS, SEED_FIELDS, TOTAL_ROWS, assert_a_missing_column_is_named, connect, database_entry, drop_table, hangups, make_config, rows, scenario_events
 from fs_cdr.engine import Engine, probe_config
 from fs_cdr.source import play
 from fs_cdr.sinks.redis import payload
@@ -86,6 +86,68 @@ def test_a_configured_field_without_a_column_is_an_error_naming_it(worker_proces
     """Through a worker the error comes back over the pipe with its key path intact."""
     assert_a_missing_column_is_named(dict(database_entry(sql_kind, table_name, tmp_path),
                                           worker_process=worker_process), tmp_path)
+
+
+def test_a_table_created_meanwhile_by_another_writer_is_taken_as_it_is(sql_kind, table_name, tmp_path) -> None:
+    """The check said the table was missing, but by the time CREATE TABLE runs another writer (or
+    another switch) has made it: the CREATE fails, and the sink opens all the same."""
+    from fs_cdr.record import RecordBuilder
+    from fs_cdr.schema import table_columns
+    from fs_cdr.sinks.sql import SqlSink, dialect_for
+
+    config = make_config({"cdr": {"database": database_entry(sql_kind, table_name, tmp_path)}}, tmp_path)
+    probe_config(config)  # the other writer's table
+    database = config.databases[0]
+    sink = SqlSink(dialect_for(database.dbtype, database), database, table_columns(config))
+    looked = []
+
+    def existing_columns() -> set:
+        looked.append(True)
+        return set() if len(looked) == 1 else SqlSink.existing_columns(sink)
+
+    sink.existing_columns = existing_columns  # the first look misses it, as a race would
+    sink.open()
+    try:
+        assert len(looked) >= 2
+        record = RecordBuilder(config).build(hangups("b_bridge_null")[0])
+        sink.write([dict(record, uuid="meanwhile-1")])
+    finally:
+        sink.close()
+    assert [row["uuid"] for row in rows(sql_kind, tmp_path, table_name, "uuid")] == ["meanwhile-1"]
+
+
+def test_writers_that_create_the_table_at_the_same_moment_all_open(table_name, tmp_path) -> None:
+    """Two default writers per database server open at once on a fresh database; PostgreSQL fails the
+    loser's CREATE TABLE with a unique violation in pg_type."""
+    from fs_cdr.schema import table_columns
+    from fs_cdr.sinks.sql import SqlSink, dialect_for
+
+    for attempt in range(3):
+        table = f"{table_name}_{attempt}"
+        config = make_config({"cdr": {"database": database_entry("postgresql", table, tmp_path)}}, tmp_path)
+        database = config.databases[0]
+        start = threading.Barrier(6)
+        errors: list[BaseException] = []
+
+        def open_one() -> None:
+            sink = SqlSink(dialect_for(database.dbtype, database), database, table_columns(config))
+            start.wait()
+            try:
+                sink.open()
+            except BaseException as error:  # noqa: BLE001 - collected for the assertion
+                errors.append(error)
+            finally:
+                sink.close()
+
+        threads = [threading.Thread(target=open_one) for _ in range(6)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert errors == []
+        finally:
+            drop_table("postgresql", tmp_path, table)
 
 
 def test_schema_ddl_creates_a_table_the_engine_accepts(sql_kind, table_name, tmp_path) -> None:

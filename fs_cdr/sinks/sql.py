@@ -119,13 +119,7 @@ class SqlSink:
         try:
             found = self.existing_columns()
             if not found and self.create:
-                cursor = self.connection.cursor()
-                try:
-                    cursor.execute(self.dialect.create_table(self.config.table, self.columns))
-                finally:
-                    cursor.close()
-                self.connection.commit()
-                log.info("created table %s (%s)", self.config.table, self.config.describe())
+                self._create_table()
                 found = self.existing_columns()
         except Exception as error:
             raise self.dialect.classify(error) from error
@@ -136,6 +130,25 @@ class SqlSink:
                 f"cdr.database (table {self.config.table})",
                 f"no column {', '.join(column.name for column in missing)} in the table; add it: {fixes}",
             )
+
+    def _create_table(self) -> None:
+        """CREATE TABLE; when that fails, the table may have been created meanwhile by another writer
+        or another switch (PostgreSQL then reports a unique violation in pg_type, the others "already
+        exists"): it is only an error when the table is still missing."""
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(self.dialect.create_table(self.config.table, self.columns))
+            self.connection.commit()
+        except Exception:
+            self._rollback()
+            if not self.existing_columns():
+                raise
+            log.info("table %s was created meanwhile by another writer or switch (%s)", self.config.table,
+                     self.config.describe())
+            return
+        finally:
+            cursor.close()
+        log.info("created table %s (%s)", self.config.table, self.config.describe())
 
     def apply_schema(self) -> list[str]:
         """Create the table, or add the columns it lacks; returns the statements run (``schema --apply``)."""

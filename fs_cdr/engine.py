@@ -29,6 +29,14 @@ SHUTDOWN_EVENTS = ("SHUTDOWN_REQUESTED", "SHUTDOWN")
 EVENTS = (HANGUP_EVENT,) + SHUTDOWN_EVENTS
 #: What real-time mode consumes besides.
 REALTIME_EVENTS = tuple(STATES)
+#: How often the source thread hands the GIL over for real (seconds). The source releases the GIL for
+#: a moment on every event (``EventConsumer.pop``, ``getHeader``, ``serialize`` do), but CPython 3.11
+#: takes it back before a waiting thread can, and each such moment restarts the waiter's 5 ms switch
+#: interval: while events keep coming, the guard and the writers wait for the GIL (a burst of
+#: hangups with a hung database kept records off disk for 2.2 s instead of the 200 ms window), and
+#: every brief release costs the source ~10 µs of futex traffic meanwhile. ``time.sleep(0)`` this
+#: often lets the waiter in (tests/test_faults.py, the burst test; bench/run.py measures the gain).
+YIELD_INTERVAL_S = 0.001
 
 LaneFactory = Callable[[CdrConfig], list[SinkLane]]
 
@@ -56,6 +64,7 @@ class Engine:
         self.shutting_down = False
         self._swap = threading.Lock()
         self._started = False
+        self._yielded = 0.0
 
     def start(self) -> "Engine":
         for lane in self.lanes:
@@ -68,6 +77,9 @@ class Engine:
     # -- the source thread ---------------------------------------------------------------------
     def handle(self, headers: Headers) -> Optional[CallRecord]:
         """Take one event. Returns the record it produced (if any). Never raises."""
+        if time.monotonic() - self._yielded > YIELD_INTERVAL_S:
+            time.sleep(0)  # see YIELD_INTERVAL_S: let a thread that waits for the GIL have it
+            self._yielded = time.monotonic()
         try:
             self.events += 1
             name = header(headers, "Event-Name")

@@ -9,7 +9,10 @@ Facts from a real FreeSWITCH that shape this module:
   drops the event ("Cannot queue any more events"), so the queue is large and the pop loop does no I/O.
   It releases the GIL on every call, even with an event waiting, so any thread that wants the GIL
   contends with the pop loop event by event: the database drivers therefore run in sink worker
-  processes (sinks/worker.py), started with the same Python version mod_python3 embeds.
+  processes (sinks/worker.py), started with the same Python version mod_python3 embeds. Those brief
+  releases never let a waiting thread in (CPython retakes the GIL first and the waiter's switch
+  interval starts over), so during a burst the guard and the writers would starve for seconds;
+  ``Engine.handle`` therefore sleeps(0) once a millisecond (engine.YIELD_INTERVAL_S).
 - Shutdown sends Python nothing (no atexit, no SystemExit): SHUTDOWN_REQUESTED and SHUTDOWN events are
   bound so the engine spools what it holds, and every later record goes straight to the spool.
 - Threads started from Python inherit FreeSWITCH's small stack size; ``threading.stack_size`` gives

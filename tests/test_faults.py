@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import create_strict_mysql_table, database_entry, drop_table, hangups, make_config, rows
+from conftest import create_strict_mysql_table, database_entry, drop_table, hangups, make_config, rows, wait_for
 from fs_cdr.engine import Engine
 from servers import MariaDB, PostgreSQL, Redis, Server
 
@@ -148,6 +148,54 @@ def test_a_server_that_never_answers_is_timed_out_and_records_spooled(dbtype, tm
             time.sleep(0.05)
         assert lane.stats.last_error, "the writer never timed out"
         assert lane.spool.pending == 200
+    finally:
+        stalled.close()
+
+
+def test_a_burst_of_hangups_is_on_disk_within_the_window_while_the_database_hangs(tmp_path, engines,
+                                                                                  monkeypatch) -> None:
+    """A mass hangup (a trunk drops, a conference ends) while the database hangs: the source thread is
+    busy for seconds and releases the GIL only for a moment per event, as EventConsumer.pop does. The
+    guard must still get its turn and put every record on disk within about the durability window
+    (CPython hands the GIL back to the source each time unless the source really yields)."""
+    import select
+
+    from fs_cdr.spool import Journal, Spool
+
+    on_disk: dict[str, float] = {}
+
+    def stamped(original):
+        def append(self, records):
+            records = list(records)
+            result = original(self, records)
+            now = time.perf_counter()
+            for record in records:
+                on_disk.setdefault(record["uuid"], now)
+            return result
+        return append
+
+    monkeypatch.setattr(Journal, "append", stamped(Journal.append))
+    monkeypatch.setattr(Spool, "append", stamped(Spool.append))
+    stalled = StalledServer()
+    try:
+        config = make_config({"cdr": {"details": True, "database": {
+            "dbtype": "mysql", "connectionstring": f"127.0.0.1,{stalled.port}@test", "timeout_s": 5}}}, tmp_path)
+        assert config.durable_window_ms == 200
+        engine = engines(config)
+        handed: dict[str, float] = {}
+        started = time.perf_counter()
+        index = 0
+        while time.perf_counter() - started < 2.0:
+            select.select((), (), (), 0)  # what pop() does between events: the GIL released for a moment
+            record = event(index, "burst")
+            handed[record["Unique-ID"]] = time.perf_counter()
+            engine.handle(record)
+            index += 1
+        assert wait_for(lambda: len(on_disk) == len(handed), 10), f"{len(on_disk)} of {len(handed)} on disk"
+        delays = sorted(on_disk[uuid] - handed[uuid] for uuid in handed)
+        print(f"\nburst of {len(handed)} hangups in 2 s, database hung: on disk after p50 "
+              f"{delays[len(delays) // 2] * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms")
+        assert delays[-1] < 0.8, f"a record waited {delays[-1]:.2f} s before it was on disk (window 0.2 s)"
     finally:
         stalled.close()
 

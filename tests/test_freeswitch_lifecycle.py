@@ -73,8 +73,9 @@ def test_kill_9_loses_at_most_the_durability_window(tmp_path) -> None:
         for _ in range(15):
             assert live.api("originate null/k9 4298 XML default").startswith("+OK")
         assert live.wait_until(lambda: '"records":15' in live.api("python fs_cdr status json").replace(" ", ""), 10)
+        # the writer starts its worker process in its own thread: it may still be starting
+        assert live.wait_until(lambda: live.worker_pids(), 10), "no sink worker started"
         workers = live.worker_pids()
-        assert workers
         time.sleep(0.5)  # more than the window
     finally:
         live.kill()
@@ -152,6 +153,8 @@ def test_startup_without_a_path_finds_cdr_json_in_the_conf_directory(tmp_path) -
     live.prepare()
     live.start()
     try:
+        # the startup script runs in a thread of its own: FreeSWITCH may answer before it finished
+        assert live.wait_until(lambda: "not running" not in live.api("python fs_cdr status"), 10)
         status = live.api("python fs_cdr status")
         assert f"config {live.conf / 'cdr.json'}" in status, status
         assert live.api("originate null/np 4298 XML default").startswith("+OK")

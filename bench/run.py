@@ -7,7 +7,8 @@
    PostgreSQL, SQLite), pipelined LPUSH+PUBLISH (Redis), and one INSERT per transaction (what
    FreeSWITCH's own C CDR modules do, one per call);
 2. fs_cdr end to end from a recorded event stream (JSON text, details on, 200-variable channels);
-3. the source stage alone (decode -> record) on one core;
+3. the source stage alone (decode -> record) on one core, and from it and (1) the CPU ceiling: the
+   rate no writer starting from JSON events can pass on this machine's cores;
 4. hangup-to-row latency at a fixed 500 records/s;
 5. memory per queued record with 100,000 records queued and the database unreachable;
 6. where FreeSWITCH is installed: loopback calls with no CDR module, with mod_cdr_sqlite, and with
@@ -18,6 +19,7 @@ Not part of the test suite: a shared machine's timings are for ratios, not for p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import platform
@@ -31,12 +33,13 @@ import tempfile
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import fs_cdr.engine as engine_module  # noqa: E402
 from fs_cdr.channel import decode_event, dumps  # noqa: E402
 from fs_cdr.config import Paths, parse_config  # noqa: E402
 from fs_cdr.engine import Engine  # noqa: E402
@@ -119,6 +122,9 @@ class CpuMeter:
         self.own = own - self._start[0]
         self.children = sum(cpu - self._start[1].get(pid, 0.0) for pid, cpu in children.items())
         self.server_cpu = sum(cpu - self._start[2].get(pid, 0.0) for pid, cpu in server.items())
+
+    def seconds_per_record(self, count: int) -> float:
+        return (self.own + self.children + self.server_cpu) / count
 
     def per_record(self, count: int) -> str:
         """µs of CPU per record: this process + workers + server."""
@@ -225,6 +231,22 @@ def release_gil() -> None:
     select.select((), (), (), 0)
 
 
+NO_YIELD = "no yield"
+
+
+@contextlib.contextmanager
+def source_yield(enabled: bool) -> Iterator[None]:
+    """With ``enabled`` false, the engine as it was before it yielded the GIL once a millisecond
+    (fs_cdr/engine.py, YIELD_INTERVAL_S): the gain, measured in the same run."""
+    saved = engine_module.YIELD_INTERVAL_S
+    if not enabled:
+        engine_module.YIELD_INTERVAL_S = float("inf")
+    try:
+        yield
+    finally:
+        engine_module.YIELD_INTERVAL_S = saved
+
+
 def source_stage(config, stream: list[bytes]) -> float:
     builder = RecordBuilder(config)
     started = time.perf_counter()
@@ -304,7 +326,20 @@ def latency(config, stream: list[bytes], rate: float = 500.0) -> tuple[float, fl
     return spread(offered, committed)
 
 
-def durability_window(directory: Path, stream: list[bytes], rate: float = 500.0) -> tuple[float, float, float]:
+def offer_at_once(engine: Engine, stream: list[bytes], rate: float = 0.0) -> dict[str, float]:
+    """Hand ``stream`` to the engine as fast as the source can (a mass hangup), releasing the GIL
+    before each event as pop() does; when each was handed over."""
+    offered: dict[str, float] = {}
+    for text in stream:
+        release_gil()
+        event = decode_event(text)
+        offered[event["Unique-ID"]] = time.perf_counter()
+        engine.handle(event)
+    return offered
+
+
+def durability_window(directory: Path, stream: list[bytes], rate: float = 500.0,
+                      offer: Callable[..., dict[str, float]] = offer_at_rate) -> tuple[float, float, float]:
     """p50/p99/max ms from handle() until a record is on disk (journal or spool fsynced) or committed,
     with a database that accepts connections and never answers (the worst case: nothing fails fast)."""
     from fs_cdr.spool import Journal, Spool
@@ -321,7 +356,7 @@ def durability_window(directory: Path, stream: list[bytes], rate: float = 500.0)
                                        "database": {"dbtype": "mysql", "connectionstring": f"127.0.0.1,{port}@test",
                                                     "timeout_s": 5}}})
         engine = Engine(config).start()
-        offered = offer_at_rate(engine, stream, rate)
+        offered = offer(engine, stream, rate)
         time.sleep(1.0)
         abandon(engine)
     finally:
@@ -387,6 +422,11 @@ def main() -> int:
     print(f"{'measure':<52}{'value':>16}{'ratio':>8}  {'target':<10}CPU µs/record: this process + workers + server")
     per_call_n = min(2000, args.records)
     kinds = (("mysql", 0.9), ("postgresql", 0.9), ("sqlite", None), ("redis", 0.8)) if "sinks" in sections else ()
+    source = CpuMeter()
+    source.start()
+    rate = source_stage(probe, stream)
+    source.stop()
+    cores = os.cpu_count() or 1
     for kind, target in kinds:
         table = f"bench_{kind}_{uuidlib.uuid4().hex[:6]}"
         meter = CpuMeter(SERVERS[kind])
@@ -398,21 +438,24 @@ def main() -> int:
             row(f"{kind}: raw executemany, batches of 500", f"{raw:,.0f} rec/s", cpu=meter.per_record(len(records)))
             single = raw_per_call(config_for(kind, table + "s", directory), records[:per_call_n])
             row(f"{kind}: one INSERT+commit per call (C modules)", f"{single:,.0f} rec/s", f"{single / raw:.2f}")
+        # Any writer that starts from JSON events spends at least the raw write's CPU plus the source
+        # stage's on every record; on this many cores that caps its rate, however it is built.
+        ceiling = cores / (meter.seconds_per_record(len(records)) + source.seconds_per_record(len(stream)))
+        row(f"{kind}: CPU ceiling on {cores} cores (raw + source stage CPU)", f"{ceiling:,.0f} rec/s",
+            f"{ceiling / raw:.2f}")
         default_writers = 1 if kind in ("sqlite", "redis") else 2
         other = 3 - default_writers
         variants = ((f"fs_cdr end to end (defaults: {default_writers} writer{'s' * (default_writers > 1)})", {}),
                     ("fs_cdr, sink in the source's process", {"worker_process": False}),
-                    (f"fs_cdr, workers: {other}", {"workers": other}))
+                    (f"fs_cdr, workers: {other}", {"workers": other}),
+                    ("fs_cdr, source never yields the GIL (before)", {NO_YIELD: True}))
         for number, (label, extra) in enumerate(variants):
-            ours = fs_cdr_end_to_end(config_for(kind, f"{table}e{number}", directory, **extra), stream, meter)
+            with source_yield(not extra.pop(NO_YIELD, False)):
+                ours = fs_cdr_end_to_end(config_for(kind, f"{table}e{number}", directory, **extra), stream, meter)
             row(f"{kind}: {label}", f"{ours:,.0f} rec/s", f"{ours / raw:.2f}", f">= {target}" if target else "",
                 meter.per_record(len(stream)))
-    meter = CpuMeter()
-    meter.start()
-    rate = source_stage(probe, stream)
-    meter.stop()
     row("source stage alone (JSON -> record), one core", f"{rate:,.0f} ev/s", "", ">= 20,000",
-        meter.per_record(len(stream)))
+        source.per_record(len(stream)))
     if "latency" in sections:
         latency_rows(directory, stream, row)
     if "memory" in sections:
@@ -434,6 +477,13 @@ def latency_rows(directory: Path, stream: list[bytes], row: Callable[..., None])
     p50, p99, worst = durability_window(directory, stream[: min(len(stream), 3000)])
     row("durability window, db never answers, p50", f"{p50:.0f} ms")
     row("durability window, db never answers, p99 / max", f"{p99:.0f} / {worst:.0f} ms", "", "aim 200 ms")
+    burst = stream[: min(len(stream), 20000)]
+    for label, enabled in (("", True), (", no GIL yield (before)", False)):
+        with source_yield(enabled):
+            p50, p99, worst = durability_window(directory, burst, offer=offer_at_once)
+        row(f"same, {len(burst):,} hangups at once{label}: p50", f"{p50:.0f} ms")
+        row(f"same, {len(burst):,} hangups at once{label}: p99 / max", f"{p99:.0f} / {worst:.0f} ms", "",
+            "aim 200 ms")
 
 
 def memory_rows(directory: Path, row: Callable[..., None]) -> None:

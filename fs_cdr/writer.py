@@ -18,6 +18,7 @@ sink in a worker process, sinks/worker.py), its durable spool and its counters. 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -157,11 +158,13 @@ class SinkWriter:
             inflight = self._inflight
             if inflight is not None and (inflight.spooled or inflight.ticket is not None):
                 inflight = None
-            entries = (inflight.entries if inflight else []) + list(self._queue)
-            if not entries:
+            held = inflight.entries if inflight else []
+            queue = self._queue
+            if not held and not queue:
                 return due
-            oldest = entries[0].since
+            oldest = (held[0] if held else queue[0]).since
             if everything or (self.lane.failures and now - oldest > window_s):
+                entries = held + list(queue)
                 if inflight:
                     inflight.spooled = True
                 for entry in entries:
@@ -169,18 +172,26 @@ class SinkWriter:
                     if entry.segment:
                         due.release.append(entry.segment)
                 due.spool = [entry.record for entry in entries] + due.spool
-                self._queue.clear()
+                queue.clear()
                 if not everything:
                     self.lane.degrade(f"the sink is failing and records waited more than {window_s * 1000:.0f} ms")
                 return due
             # Journal at half the window: with a guard tick of a quarter window and an fsync, the copy
             # is on disk before the window ends.
             cutoff = now - window_s / 2
-            for entry in entries:
-                if entry.since > cutoff:
+            if oldest > cutoff:
+                return due
+            # Entries are journaled oldest first, so everything before a journaled entry is journaled
+            # or written: scanning from the newest end stops there, and a tick costs what arrived since
+            # the last one, not the whole queue (up to queue_size entries, under the lock offer takes).
+            found: list[_Waiting] = []
+            for entry in itertools.chain(reversed(queue), reversed(held)):
+                if entry.segment:
                     break
-                if not entry.segment and not entry.done:
-                    due.journal.append(entry)
+                if entry.since <= cutoff and not entry.done:
+                    found.append(entry)
+            found.reverse()
+            due.journal = found
             return due
 
     def journaled(self, entries: list[_Waiting], segment: int) -> None:

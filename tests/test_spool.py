@@ -126,6 +126,45 @@ def test_a_slow_sink_gets_waiting_records_journaled_within_the_window(tmp_path) 
         lane.stop(1.0)
 
 
+def test_a_long_queue_behind_a_slow_sink_is_journaled_once_per_record_tick_by_tick(tmp_path) -> None:
+    """Records keep arriving while the sink hangs on a batch: each tick journals what aged past half
+    the window since the last tick, every record exactly once, in flight or queued."""
+    gate = threading.Event()
+    state = {"down": False, "refuse": set(), "rows": {}, "writes": [], "lock": threading.Lock()}
+
+    class HangingSink(ControlledSink):
+        def write(self, records) -> None:
+            gate.wait(10)
+            super().write(records)
+
+    lane = SinkLane("test", "hanging", lambda: HangingSink(state),
+                    BatchSettings(batch_size=10, flush_interval_ms=1, queue_size=10_000), str(tmp_path))
+    lane.start()
+    try:
+        start = time.monotonic()
+        journaled_by_tick = []
+        for wave in range(6):  # a wave of 30 records every 60 ms; the guard ticks 10 ms after each
+            arrived = start + wave * 0.06
+            for index in range(30):
+                lane.offer({"uuid": f"w{wave}-{index}"}, arrived)
+            if wave == 0:
+                assert wait_for(lambda: lane.queued() == 30 and lane.writers[0]._inflight is not None)
+            lane.guard(arrived + 0.01, 0.2)
+            journaled_by_tick.append(lane.journal.journaled_total)
+        lane.guard(start + 5 * 0.06 + 0.2, 0.2)  # the last wave ages past half the window too
+        # waves age past 100 ms two ticks after they arrive: 0, 0, 30, 60, 90, 120, then all 180
+        assert journaled_by_tick == [0, 0, 30, 60, 90, 120]
+        assert lane.journal.journaled_total == 180 and lane.journal.held == 180
+        lane.guard(start + 1.0, 0.2)
+        assert lane.journal.journaled_total == 180  # nothing twice
+        gate.set()
+        assert wait_for(lambda: lane.drained() and lane.journal.held == 0)
+        assert len(state["rows"]) == 180 and len(state["writes"]) == 180
+    finally:
+        gate.set()
+        lane.stop(1.0)
+
+
 def test_a_refused_record_is_set_aside_and_the_others_flow(tmp_path) -> None:
     lane, state = lane_with(tmp_path, refuse={"bad"})
     lane.start()

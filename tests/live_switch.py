@@ -198,6 +198,12 @@ class LiveSwitch:
             return []
         return [pid for sink in status["sinks"] for pid in sink.get("worker_pids", [])]
 
+    def started_workers(self, timeout_s: float = 10.0) -> list[int]:
+        """The sink workers' pids, once there are some: FreeSWITCH says it is ready before the startup
+        script has started fs_cdr, and each writer starts its worker in its own thread after that."""
+        assert self.wait_until(self.worker_pids, timeout_s), "no sink worker started"
+        return self.worker_pids()
+
     def log_text(self) -> str:
         path = self.log_dir / "freeswitch.log"
         return path.read_text(errors="replace") if path.exists() else ""

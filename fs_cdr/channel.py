@@ -223,7 +223,9 @@ def header(headers: Headers, name: str) -> Optional[str]:
 def variable(headers: Headers, name: str) -> Optional[str]:
     """A channel variable (``variable_<name>``); a plain header of that exact name as a fallback,
     so that ``fields`` can also name headers such as ``Hangup-Cause``."""
-    value = header(headers, VARIABLE_PREFIX + name)
+    value = headers.get(VARIABLE_PREFIX + name)
     if value is None:
-        value = header(headers, name)
-    return value
+        value = headers.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    return as_text(value)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import glob
 import os
-import time
 import uuid as uuidlib
 from typing import Any, Callable, Iterator
 
@@ -134,16 +133,6 @@ def drop_table(kind: str, tmp_path: Any, table: str) -> None:
         connection.commit()
     finally:
         connection.close()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` seconds pass."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return False
 
 
 def create_strict_mysql_table(tmp_path: Any, table: str, extra_columns: str) -> None:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from processes import process
+from processes import process, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 FS_PREFIX = Path(os.environ.get("FS_PREFIX", "/usr/local/freeswitch"))
@@ -209,12 +209,8 @@ class LiveSwitch:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def wait_until(self, condition, timeout_s: float = 20.0, step_s: float = 0.2) -> bool:
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            if condition():
-                return True
-            time.sleep(step_s)
-        return False
+        """``wait_for`` at a pace for a switch: most of what is asked is an fs_cli round trip."""
+        return wait_for(condition, timeout_s, step_s)
 
     def phone(self, destination: str, talk_ms: int = 2000, caller: str = "1100", name: str = "", extra: str = "") -> str:
         """Extension ``caller`` calls ``destination`` over SIP (external profile -> internal profile,

@@ -1,10 +1,12 @@
-"""Processes as Linux's /proc shows them: state, parent, name and CPU time. Used by the tests (sink
-workers, a private FreeSWITCH) and the benchmark (CPU per record, per call)."""
+"""Processes as Linux's /proc shows them: state, parent, name and CPU time, and the one poll that waits
+for them (or anything else) to get there. Used by the tests (sink workers, a private FreeSWITCH) and
+the benchmark (CPU per record, per call)."""
 
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional
+import time
+from typing import Any, Callable, NamedTuple, Optional
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -45,3 +47,13 @@ def process_gone(pid: int) -> bool:
 def children_of(pid: int) -> list[Process]:
     """The live child processes of ``pid``."""
     return [entry for entry in processes() if entry.parent == pid and entry.state not in ("Z", "X")]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return False

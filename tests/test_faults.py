@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from conftest import create_strict_mysql_table, database_entry, drop_table, hangups, make_config, rows, wait_for
+from conftest import create_strict_mysql_table, database_entry, drop_table, hangups, make_config, rows
 from fs_cdr.engine import Engine
+from processes import wait_for
 from servers import MariaDB, PostgreSQL, Redis, Server
 
 pytestmark = pytest.mark.faults

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from conftest import HERE, database_entry, drop_table, hangups, make_config, rows, wait_for
+from conftest import HERE, database_entry, drop_table, hangups, make_config, rows
 from esl_standin import EslStandIn
 from fs_cdr.cdr_files import CdrFileError, read_cdr_file
 from fs_cdr.cli import main
@@ -20,6 +20,7 @@ from fs_cdr.config import parse_config
 from fs_cdr.engine import Engine
 from fs_cdr.metrics import prometheus
 from fs_cdr.record import RecordBuilder
+from processes import wait_for
 
 NATIVE_COPY = os.path.join(HERE, "native")
 COMPARED = ("uuid", "leg", "direction", "originator", "bridge_uuid", "caller_id_number", "destination_number",

@@ -6,12 +6,12 @@ import os
 import threading
 import time
 
-from conftest import wait_for
 from fs_cdr.config import BatchSettings
 from fs_cdr.errors import RejectedError, RetriableError
 from fs_cdr.retry import Backoff
 from fs_cdr.spool import Spool
 from fs_cdr.writer import Guard, SinkLane
+from processes import wait_for
 
 
 class ControlledSink:

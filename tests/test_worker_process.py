@@ -14,11 +14,10 @@ import time
 
 import pytest
 
-from conftest import (SCENARIOS, TOTAL_ROWS, database_entry, drop_table, hangups,
-                      make_config, rows, scenario_events, wait_for)
+from conftest import SCENARIOS, TOTAL_ROWS, database_entry, drop_table, hangups, make_config, rows, scenario_events
 from fs_cdr.errors import ConfigError
 from fs_cdr.sinks.worker import ProcessSink
-from processes import process_gone
+from processes import process_gone, wait_for
 
 TEMPLATE = hangups("b_bridge_null")[1]
 

@@ -71,14 +71,14 @@ def recorded_stream(count: int) -> list[bytes]:
     return events
 
 
-def config_for(kind: str, table: str, directory: Path, **extra: Any):
+def config_for(kind: str, table: str, directory: Path, details: bool = True, **extra: Any):
     databases = {
         "mysql": {"dbtype": "mysql", "connectionstring": "127.0.0.1,3306@test", "username": "root", "table": table},
         "postgresql": {"dbtype": "pgsql", "connectionstring": "127.0.0.1,5432@test", "username": "postgres",
                        "table": table},
         "sqlite": {"dbtype": "sqlite", "connectionstring": str(directory / f"{table}.sqlite"), "table": table},
     }
-    cdr: dict[str, Any] = {"details": True, "fields": FIELDS, "spool_dir": str(directory / f"spool-{table}")}
+    cdr: dict[str, Any] = {"details": details, "fields": FIELDS, "spool_dir": str(directory / f"spool-{table}")}
     if kind == "redis":
         cdr["redis"] = dict({"list": f"bench:{table}", "channel": f"bench:{table}"}, **extra)
     else:
@@ -232,6 +232,23 @@ def release_gil() -> None:
 
 
 NO_YIELD = "no yield"
+NO_BULK = "no bulk"
+
+
+@contextlib.contextmanager
+def bulk_inserts(enabled: bool) -> Iterator[None]:
+    """With ``enabled`` false, PostgreSQL batches are upserted row by row (executemany) as before
+    fs_cdr wrote new rows by COPY: the gain, measured in the same run. The sink is built in this
+    process and sent to its worker as it is, so the change reaches the workers too."""
+    from fs_cdr.sinks.postgres import PostgreSQL
+
+    saved = PostgreSQL.bulk_insert
+    if not enabled:
+        PostgreSQL.bulk_insert = lambda self, table, names: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        PostgreSQL.bulk_insert = saved  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -394,6 +411,18 @@ def memory_queued(directory: Path, stream: list[bytes]) -> tuple[float, float]:
     return (after - before) * 2**20 / len(stream), peak
 
 
+def machine_speed() -> float:
+    """Seconds for a fixed pure-Python loop, best of three: the yardstick for absolute figures."""
+    def loop() -> float:
+        started = time.perf_counter()
+        total = 0
+        for number in range(10_000_000):
+            total += number
+        return time.perf_counter() - started
+
+    return min(loop() for _ in range(3))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=20000)
@@ -412,7 +441,9 @@ def main() -> int:
     print(f"fs_cdr benchmark {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, Python {platform.python_version()}")
     print(f"{args.records} hangup events, {size / 1024:.1f} KB each (200 channel variables), details on, "
-          f"{len(FIELDS)} fields\n")
+          f"{len(FIELDS)} fields")
+    print(f"this machine's speed now: {machine_speed():.2f} s for 10 million Python additions (a shared VM's "
+          f"speed varies from run to run; compare absolute figures only between runs of like speed)\n")
     lines = []
 
     def row(name: str, value: str, ratio: str = "", target: str = "", cpu: str = "") -> None:
@@ -465,10 +496,12 @@ def sink_rows(kind: str, target: Any, directory: Path, records: list[dict], stre
                 ("fs_cdr, sink in the source's process", {"worker_process": False}),
                 (f"fs_cdr, workers: {other}", {"workers": other}),
                 ("fs_cdr, source never yields the GIL (before)", {NO_YIELD: True}))
+    if kind == "postgresql":
+        variants += (("fs_cdr, upserts only, no COPY (before)", {NO_BULK: True}),)
     ours: list[tuple[str, float, str]] = []
     for number, (label, extra) in enumerate(variants):
         meter = CpuMeter(SERVERS[kind])
-        with source_yield(not extra.pop(NO_YIELD, False)):
+        with source_yield(not extra.pop(NO_YIELD, False)), bulk_inserts(not extra.pop(NO_BULK, False)):
             found = fs_cdr_end_to_end(config_for(kind, f"{table}e{number}", directory, **extra), stream, meter)
         ours.append((label, found, meter.per_record(len(stream))))
     measure_raw("r2")
@@ -490,6 +523,7 @@ def sink_rows(kind: str, target: Any, directory: Path, records: list[dict], stre
         row(f"{kind}: {label}", f"{found:,.0f} rec/s", f"{found / raw:.2f}", f">= {target}" if target else "", cpu)
     if kind == "postgresql":
         lz4_rows(directory, table, records, stream, row)
+        no_details_rows(directory, table, stream, row)
 
 
 def lz4_details(config) -> None:
@@ -515,6 +549,24 @@ def lz4_rows(directory: Path, table: str, records: list[dict], stream: list[byte
     ours = fs_cdr_end_to_end(config, stream, meter)
     row("postgresql, details COMPRESSION lz4: fs_cdr end to end", f"{ours:,.0f} rec/s", f"{ours / raw:.2f}",
         cpu=meter.per_record(len(stream)))
+
+
+def no_details_rows(directory: Path, table: str, stream: list[bytes], row: Callable[..., None]) -> None:
+    """PostgreSQL with ``details`` off (the parser's default): the rows are small, so what each
+    statement costs the server shows — the case COPY is for. fs_cdr with and without it, same run."""
+    config = config_for("postgresql", table + "nd", directory, details=False)
+    builder = RecordBuilder(config)
+    records = [builder.build(decode_event(text)) for text in stream]
+    meter = CpuMeter(SERVERS["postgresql"])
+    raw = raw_batched(config, records, meter)
+    row("postgresql, details off: raw executemany", f"{raw:,.0f} rec/s", cpu=meter.per_record(len(records)))
+    for number, (label, enabled) in enumerate((("fs_cdr end to end (defaults)", True),
+                                               ("fs_cdr, upserts only, no COPY (before)", False))):
+        with bulk_inserts(enabled):
+            ours = fs_cdr_end_to_end(config_for("postgresql", f"{table}nd{number}", directory, details=False), stream,
+                                     meter)
+        row(f"postgresql, details off: {label}", f"{ours:,.0f} rec/s", f"{ours / raw:.2f}",
+            cpu=meter.per_record(len(stream)))
 
 
 def latency_rows(directory: Path, stream: list[bytes], row: Callable[..., None]) -> None:

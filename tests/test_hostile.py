@@ -44,6 +44,9 @@ CORPUS: dict[str, tuple[Union[bytes, str], str]] = {
     "emoji": ("😀👨\u200d👩\u200d👧\u200d👦🇺🇸🏳️\u200d🌈", "😀👨\u200d👩\u200d👧\u200d👦🇺🇸🏳️\u200d🌈"),
     "cjk": ("张伟 𠜎𠜱𡃁 山田太郎 김민준", "张伟 𠜎𠜱𡃁 山田太郎 김민준"),
     "rtl": ("\u202eexe.txt\u202c \u200f\u200e \u2066x\u2069 مرحبا שלום", "\u202eexe.txt\u202c \u200f\u200e \u2066x\u2069 مرحبا שלום"),
+    # PostgreSQL's COPY text format: its NULL marker and end-of-data line, as whole values
+    "copy_null": ("\\N", "\\N"),
+    "copy_end": ("\\.\n\\.", "\\.\n\\."),
     "controls": ("\t\n\r\x01\x1b[31m\x1f\x7f\u0085\u2028\u2029", "\t\n\r\x01\x1b[31m\x1f\x7f\u0085\u2028\u2029"),
     "invisible": ("\ufeff\u200b\u200d\u00ad", "\ufeff\u200b\u200d\u00ad"),
     "noncharacters": ("\ufffe\uffff\U0010ffff\U000e0001", "\ufffe\uffff\U0010ffff\U000e0001"),

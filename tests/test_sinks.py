@@ -234,3 +234,92 @@ def test_several_sinks_at_once_get_every_record(tmp_path, engines, table_name, r
         from conftest import drop_table
 
         drop_table("postgresql", tmp_path, table_name)
+
+
+# -- PostgreSQL: new rows by COPY, the upsert for the rest ---------------------------------------
+
+def _pg_sink(table_name, tmp_path, real=False):
+    """A PostgreSQL sink whose bulk inserts (COPY) are counted: how many were tried."""
+    from fs_cdr.schema import table_columns
+    from fs_cdr.sinks.sql import SqlSink, dialect_for
+
+    config = make_config({"cdr": {"details": True, "database": dict(database_entry("postgresql", table_name, tmp_path),
+                                                                     real=real)}}, tmp_path)
+    database = config.databases[0]
+    dialect = dialect_for(database.dbtype, database)
+    tried = []
+    copy = dialect.insert_in_bulk
+
+    def counted(*args):
+        tried.append(len(args[2]))
+        return copy(*args)
+
+    dialect.insert_in_bulk = counted
+    sink = SqlSink(dialect, database, table_columns(config))
+    sink.open()
+    return config, sink, tried
+
+
+def _calls(config, count, prefix):
+    from fs_cdr.record import RecordBuilder
+
+    record = RecordBuilder(config).build(hangups("b_bridge_null")[0])
+    return [dict(record, uuid=f"{prefix}-{index}", call_state="completed", event_seq=1) for index in range(count)]
+
+
+def test_postgresql_writes_new_batches_by_copy_and_upserts_a_batch_that_meets_a_stored_row(table_name, tmp_path,
+                                                                                            monkeypatch) -> None:
+    """A replay after a crash, or an import run twice, sends rows the table has: COPY then writes
+    nothing, the batch is upserted (the stored row takes the new values), and the next batches are
+    upserted until the pause is over."""
+    import fs_cdr.sinks.sql as sql
+
+    monkeypatch.setattr(sql, "BULK_PAUSE_S", 1.0)
+    config, sink, tried = _pg_sink(table_name, tmp_path)
+    try:
+        sink.write(_calls(config, 3, "first"))
+        assert tried == [3]
+        again = _calls(config, 2, "second") + [dict(_calls(config, 1, "first")[0], hangup_cause="USER_BUSY")]
+        sink.write(again)
+        assert tried == [3, 3]  # tried, met first-0, upserted
+        sink.write(_calls(config, 2, "third"))
+        assert tried == [3, 3]  # paused: upserted without trying
+        time.sleep(1.1)
+        sink.write(_calls(config, 2, "fourth"))
+        assert tried == [3, 3, 2]
+    finally:
+        sink.close()
+    found = {row["uuid"]: row for row in rows("postgresql", tmp_path, table_name)}
+    assert sorted(found) == ["first-0", "first-1", "first-2", "fourth-0", "fourth-1", "second-0", "second-1",
+                             "third-0", "third-1"]
+    assert found["first-0"]["hangup_cause"] == "USER_BUSY" and found["first-1"]["hangup_cause"] != "USER_BUSY"
+    assert all(isinstance(row["details"], dict) and row["details"]["uuid"] for row in found.values())
+    drop_table("postgresql", tmp_path, table_name)
+
+
+def test_postgresql_copy_and_upsert_store_the_same_row(table_name, tmp_path) -> None:
+    config, sink, tried = _pg_sink(table_name, tmp_path)
+    try:
+        (record,) = _calls(config, 1, "same")
+        record.update(caller_id_name="tab\there \\N \\.", billsec=None, duration=2**63 - 1)
+        sink.write([record])
+        by_copy = rows("postgresql", tmp_path, table_name)
+        sink.write([record])  # already there: upserted
+        assert tried == [1, 1]
+        assert rows("postgresql", tmp_path, table_name) == by_copy
+        assert by_copy[0]["caller_id_name"] == "tab\there \\N \\." and by_copy[0]["billsec"] is None
+    finally:
+        sink.close()
+        drop_table("postgresql", tmp_path, table_name)
+
+
+def test_postgresql_real_time_rows_are_never_copied(table_name, tmp_path) -> None:
+    """In real-time mode a row is there from the channel's start; only the guarded upsert may touch it
+    (an older update never overwrites a newer one), so nothing is tried by COPY."""
+    config, sink, tried = _pg_sink(table_name, tmp_path, real=True)
+    try:
+        sink.write(_calls(config, 2, "live"))
+        assert tried == [] and len(rows("postgresql", tmp_path, table_name, "uuid")) == 2
+    finally:
+        sink.close()
+        drop_table("postgresql", tmp_path, table_name)

@@ -9,6 +9,7 @@ the configuration was loaded, ever reach SQL text.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Optional, Sequence
 
 from ..config import DatabaseConfig
@@ -21,6 +22,9 @@ log = logging.getLogger("fs_cdr.sinks.sql")
 #: call_state of a real-time row whose leg turned out to be left out (process_cdr, skip variable):
 #: the row written while the call was up is deleted.
 REMOVED = "removed"
+#: After a batch of new rows met a row already in the table (a replay after a crash, an import, the
+#: same calls again), the sink upserts for this long before it tries the bulk path again.
+BULK_PAUSE_S = 60.0
 
 
 class Dialect:
@@ -66,6 +70,25 @@ class Dialect:
         return (f"({incoming}.{state} = 'completed' OR (({existing}.{state} IS NULL OR "
                 f"{existing}.{state} <> 'completed') AND COALESCE({incoming}.{seq}, 0) >= COALESCE({existing}.{seq}, 0)))")
 
+    def bulk_insert(self, table: str, names: Sequence[str]) -> Optional[str]:
+        """A statement that inserts a whole batch of new rows much more cheaply than the upsert, or
+        ``None`` when the dialect has none. It must fail, writing nothing, when one of the rows is
+        already in the table (:meth:`is_duplicate` then tells that failure from the others)."""
+        return None
+
+    def insert_in_bulk(self, connection: Any, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    def is_duplicate(self, error: BaseException) -> bool:
+        """Whether ``error`` says a row's key is already in the table."""
+        return False
+
+    def missing_privileges(self, connection: Any, table: str) -> list[str]:
+        """Of SELECT and UPDATE on ``table``, those the session's user lacks. The bulk insert needs
+        INSERT only, but the upsert that follows a duplicate needs all three: checked when the sink
+        opens, so a role short of one fails at once, not at the first replay."""
+        return []
+
     def columns_query(self, table: str) -> tuple[str, tuple[Any, ...]]:
         """A query whose rows' first value is a column name of ``table`` (no rows: no table)."""
         raise NotImplementedError
@@ -79,7 +102,14 @@ class Dialect:
 
 
 class SqlSink:
-    """A SQL table as a sink: one connection, one upsert statement, ``executemany`` per batch."""
+    """A SQL table as a sink: one connection, one upsert statement, ``executemany`` per batch.
+
+    Where the dialect has a bulk insert (PostgreSQL's COPY) and rows are only ever written whole
+    (hangup records, not real-time mode), a batch is first tried as new rows in bulk: at a fraction
+    of the upsert's cost on both sides. A batch holding a row that is already there (a replay after a
+    crash, an import run twice) writes nothing that way and is upserted instead, as are the batches
+    of the next ``BULK_PAUSE_S``; the result is the same rows either way.
+    """
 
     def __init__(self, dialect: Dialect, config: DatabaseConfig, columns: Sequence[Column], create: bool = True) -> None:
         self.dialect = dialect
@@ -91,6 +121,8 @@ class SqlSink:
                                  f"WHERE {dialect.quote('uuid')} = {dialect.placeholder}")
         self.create = create
         self.connection: Any = None
+        self.bulk_statement = None if config.real else dialect.bulk_insert(config.table, self.names)
+        self._bulk_after = 0.0
 
     def open(self) -> None:
         try:
@@ -124,6 +156,15 @@ class SqlSink:
         except Exception as error:
             raise self.dialect.classify(error) from error
         missing = [column for column in self.columns if column.name not in found]
+        if not missing and self.bulk_statement:
+            try:
+                lacking = self.dialect.missing_privileges(self.connection, self.config.table)
+            except Exception as error:
+                raise self.dialect.classify(error) from error
+            if lacking:
+                raise RetriableError(
+                    f"permission denied for table {self.config.table}: the upsert needs SELECT, INSERT and UPDATE on "
+                    f"it; the user lacks {' and '.join(lacking)} (docs/security.md)")
         if missing:
             fixes = "; ".join(self.dialect.add_column(self.config.table, column) for column in missing)
             raise ConfigError(
@@ -179,6 +220,9 @@ class SqlSink:
         removed = [(record["uuid"],) for record in records if record.get("call_state") == REMOVED]
         if removed:
             records = [record for record in records if record.get("call_state") != REMOVED]
+        if records and not removed and self.bulk_statement and time.monotonic() >= self._bulk_after:
+            if self._insert_in_bulk(connection, self.rows(records)):
+                return
         try:
             cursor = connection.cursor()
             try:
@@ -192,6 +236,21 @@ class SqlSink:
         except Exception as error:
             self._rollback()
             raise self.dialect.classify(error) from error
+
+    def _insert_in_bulk(self, connection: Any, rows: list[tuple[Any, ...]]) -> bool:
+        """The batch as new rows in one bulk statement; False when a row was already there."""
+        try:
+            self.dialect.insert_in_bulk(connection, self.bulk_statement, rows)
+            connection.commit()
+            return True
+        except Exception as error:
+            self._rollback()
+            if not self.dialect.is_duplicate(error):
+                raise self.dialect.classify(error) from error
+        self._bulk_after = time.monotonic() + BULK_PAUSE_S
+        log.debug("%s: a batch met rows already in the table; upserting for %.0f s", self.config.describe(),
+                  BULK_PAUSE_S)
+        return False
 
     def _rollback(self) -> None:
         try:

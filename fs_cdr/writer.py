@@ -123,6 +123,7 @@ class SinkWriter:
         self._queue: deque[_Waiting] = deque()
         self._overflow: list[CallRecord] = []
         self._inflight: Optional[_Batch] = None
+        self._replaying = False
         self._stopping = threading.Event()
         self._nudged = threading.Event()
         self._sink: Optional[Sink] = None
@@ -274,16 +275,22 @@ class SinkWriter:
         ticket, records = lane.spool.take(self.settings.batch_size)
         if ticket is None:
             return
-        records = lane.not_yet_written(records)
-        if records:
-            batch = _Batch(records, time.monotonic(), ticket=ticket)
-            with self._lock:
-                self._inflight = batch
-            if not self._deliver(batch):
-                return
-        lane.spool.confirm(ticket)
-        lane.stats.replayed += len(records)
-        lane.recover()
+        # Not drained until the lane has counted the batch and recovered: the spool says 0 pending
+        # as soon as it is confirmed, and flush() / status must not see that before the rest.
+        self._replaying = True
+        try:
+            records = lane.not_yet_written(records)
+            if records:
+                batch = _Batch(records, time.monotonic(), ticket=ticket)
+                with self._lock:
+                    self._inflight = batch
+                if not self._deliver(batch):
+                    return
+            lane.spool.confirm(ticket)
+            lane.stats.replayed += len(records)
+            lane.recover()
+        finally:
+            self._replaying = False
 
     def _deliver(self, batch: _Batch) -> bool:
         """Write one batch, retrying retriable errors, until written, spooled, or stopping."""
@@ -376,7 +383,7 @@ class SinkWriter:
 
     def drained(self) -> bool:
         with self._lock:
-            return not self._queue and self._inflight is None and not self._overflow
+            return not self._queue and self._inflight is None and not self._overflow and not self._replaying
 
     def stop(self) -> None:
         self._stopping.set()

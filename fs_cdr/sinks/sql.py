@@ -104,9 +104,9 @@ class Dialect:
 class SqlSink:
     """A SQL table as a sink: one connection, one upsert statement, ``executemany`` per batch.
 
-    Where the dialect has a bulk insert (PostgreSQL's COPY) and rows are only ever written whole
-    (hangup records, not real-time mode), a batch is first tried as new rows in bulk: at a fraction
-    of the upsert's cost on both sides. A batch holding a row that is already there (a replay after a
+    Where the dialect has a bulk insert for the table (PostgreSQL's COPY, for a table without
+    ``details``, where it is measured cheaper) and rows are only ever written whole (hangup records,
+    not real-time mode), a batch is first tried as new rows in bulk. A batch holding a row that is already there (a replay after a
     crash, an import run twice) writes nothing that way and is upserted instead, as are the batches
     of the next ``BULK_PAUSE_S``; the result is the same rows either way.
     """

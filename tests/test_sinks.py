@@ -287,13 +287,13 @@ def test_postgresql_writes_new_batches_by_copy_and_upserts_a_batch_that_meets_a_
         time.sleep(1.1)
         sink.write(_calls(config, 2, "fourth"))
         assert tried == [3, 3, 2]
+        found = {row["uuid"]: row for row in rows("postgresql", tmp_path, table_name)}
+        assert sorted(found) == ["first-0", "first-1", "first-2", "fourth-0", "fourth-1", "second-0", "second-1",
+                                 "third-0", "third-1"]
+        assert found["first-0"]["hangup_cause"] == "USER_BUSY" and found["first-1"]["hangup_cause"] != "USER_BUSY"
     finally:
         sink.close()
-    found = {row["uuid"]: row for row in rows("postgresql", tmp_path, table_name)}
-    assert sorted(found) == ["first-0", "first-1", "first-2", "fourth-0", "fourth-1", "second-0", "second-1",
-                             "third-0", "third-1"]
-    assert found["first-0"]["hangup_cause"] == "USER_BUSY" and found["first-1"]["hangup_cause"] != "USER_BUSY"
-    drop_table("postgresql", tmp_path, table_name)
+        drop_table("postgresql", tmp_path, table_name)
 
 
 def test_postgresql_copy_and_upsert_store_the_same_row(table_name, tmp_path) -> None:
@@ -321,10 +321,10 @@ def test_postgresql_upserts_rows_with_details(table_name, tmp_path) -> None:
     try:
         sink.write(_calls(config, 2, "detailed"))
         assert tried == []
+        assert all(row["details"]["uuid"] for row in rows("postgresql", tmp_path, table_name))
     finally:
         sink.close()
-    assert all(row["details"]["uuid"] for row in rows("postgresql", tmp_path, table_name))
-    drop_table("postgresql", tmp_path, table_name)
+        drop_table("postgresql", tmp_path, table_name)
 
 
 def test_postgresql_real_time_rows_are_never_copied(table_name, tmp_path) -> None:

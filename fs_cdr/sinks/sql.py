@@ -106,9 +106,10 @@ class SqlSink:
 
     Where the dialect has a bulk insert for the table (PostgreSQL's COPY, for a table without
     ``details``, where it is measured cheaper) and rows are only ever written whole (hangup records,
-    not real-time mode), a batch is first tried as new rows in bulk. A batch holding a row that is already there (a replay after a
-    crash, an import run twice) writes nothing that way and is upserted instead, as are the batches
-    of the next ``BULK_PAUSE_S``; the result is the same rows either way.
+    not real-time mode), a batch is first tried as new rows in bulk. A batch holding a row that is
+    already there (a replay after a crash, an import run twice) writes nothing that way and is
+    upserted instead, as are the batches of the next ``BULK_PAUSE_S``; the result is the same rows
+    either way.
     """
 
     def __init__(self, dialect: Dialect, config: DatabaseConfig, columns: Sequence[Column], create: bool = True) -> None:
@@ -220,14 +221,15 @@ class SqlSink:
         removed = [(record["uuid"],) for record in records if record.get("call_state") == REMOVED]
         if removed:
             records = [record for record in records if record.get("call_state") != REMOVED]
-        if records and not removed and self.bulk_statement and time.monotonic() >= self._bulk_after:
-            if self._insert_in_bulk(connection, self.rows(records)):
+        rows = self.rows(records)
+        if rows and not removed and self.bulk_statement and time.monotonic() >= self._bulk_after:
+            if self._insert_in_bulk(connection, rows):
                 return
         try:
             cursor = connection.cursor()
             try:
-                if records:
-                    cursor.executemany(self.statement, self.rows(records))
+                if rows:
+                    cursor.executemany(self.statement, rows)
                 if removed:
                     cursor.executemany(self.delete_statement, removed)
             finally:

@@ -6,7 +6,7 @@ FS_PREFIX ?= /usr/local/freeswitch
 
 .PHONY: demo test schema check bench install-freeswitch clean
 
-$(VENV)/.installed-%: pyproject.toml
+$(VENV)/.installed-%: pyproject.toml setup.py fs_cdr/_hangup.c
 	tools/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

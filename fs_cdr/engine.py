@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
-from .channel import HANGUP_EVENT, Headers, dumps, header, shown
+from .channel import HANGUP_EVENT, Headers, decode_event, dumps, header, shown
 from .config import CdrConfig
 from .errors import ConfigError
 from .realtime import COMPLETED, STATES, UpdateBuilder, sequence
-from .record import CallRecord, RecordBuilder
+from .record import CallRecord, RecordBuilder, compiled_split
 from .sinks import lanes_for, targets
 from .sinks.sql import REMOVED
 from .writer import Guard, SinkLane
@@ -60,6 +60,9 @@ class Engine:
         self.updates_seen = 0
         self.skipped = 0
         self.malformed = 0
+        #: Serialized hangups split by the compiled fast path, and those decoded whole in Python.
+        self.split = 0
+        self.decoded = 0
         self.reloads = 0
         self.shutting_down = False
         self._swap = threading.Lock()
@@ -77,6 +80,26 @@ class Engine:
     # -- the source thread ---------------------------------------------------------------------
     def handle(self, headers: Headers) -> Optional[CallRecord]:
         """Take one event. Returns the record it produced (if any). Never raises."""
+        return self._take(headers, None, None)
+
+    def handle_serialized(self, text: Union[str, bytes]) -> Optional[CallRecord]:
+        """Take one event as JSON text (``Event.serialize('json')``, a recorded line): split by the
+        compiled fast path where it can (``RecordBuilder.split``), else decoded whole. Never raises."""
+        builder = self.builder  # split and build with one configuration, whatever a reload does
+        try:
+            split = builder.split(text)
+            if split is None:
+                self.decoded += 1
+                return self._take(decode_event(text), None, None)
+        except (ValueError, MemoryError) as error:
+            self.events += 1
+            self.malformed += 1
+            log.warning("skipped an event that is not a JSON object: %s", str(error)[:200])
+            return None
+        self.split += 1
+        return self._take(split[0], builder, split[1])
+
+    def _take(self, headers: Headers, builder: Optional[RecordBuilder], details: Optional[str]) -> Optional[CallRecord]:
         if time.monotonic() - self._yielded > YIELD_INTERVAL_S:
             time.sleep(0)  # see YIELD_INTERVAL_S: let a thread that waits for the GIL have it
             self._yielded = time.monotonic()
@@ -84,7 +107,7 @@ class Engine:
             self.events += 1
             name = header(headers, "Event-Name")
             if name == HANGUP_EVENT or name is None:
-                return self._record(headers)
+                return self._record(headers, builder or self.builder, details)
             if name in STATES:
                 return self._update(headers, name) if self.config.real else None
             if name in SHUTDOWN_EVENTS:
@@ -94,9 +117,9 @@ class Engine:
             log.exception("could not process an event (uuid %s)", _uuid(headers))
         return None
 
-    def _record(self, headers: Headers) -> Optional[CallRecord]:
+    def _record(self, headers: Headers, builder: RecordBuilder, details: Optional[str]) -> Optional[CallRecord]:
         try:
-            record = self.builder.build(headers)
+            record = builder.build(headers, details)
         except ValueError as error:
             self.malformed += 1
             log.warning("skipped a malformed event: %s", error)
@@ -215,6 +238,7 @@ class Engine:
             "real": self.config.real,
             "skipped": self.skipped,
             "malformed": self.malformed,
+            "fast_path": {"compiled": compiled_split(), "split": self.split, "decoded": self.decoded},
             "reloads": self.reloads,
             "shutting_down": self.shutting_down,
             "sinks": [lane.status() for lane in self.lanes],
@@ -243,12 +267,21 @@ def _uuid(headers: Headers) -> str:
         return "?"
 
 
+def _fast_path_line(fast: Optional[dict[str, Any]]) -> str:
+    if not fast:
+        return ""
+    if not fast["compiled"]:
+        return f"events decoded in Python {fast['decoded']} (fs_cdr._hangup is not built: see the README)"
+    return f"events split by fs_cdr._hangup {fast['split']}, decoded in Python {fast['decoded']}"
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The status as a table that reads well in fs_cli."""
     lines = [
         f"fs_cdr  config {status['config']}  up {status['uptime_s']}s  events {status['events']}  "
         f"records {status['records']}  skipped {status['skipped']}  malformed {status['malformed']}"
         + ("  SHUTTING DOWN" if status["shutting_down"] else ""),
+        _fast_path_line(status.get("fast_path")),
         "",
     ]
     columns = ("sink", "healthy", "received", "written", "queued", "spooled", "rejected", "retries", "replayed")

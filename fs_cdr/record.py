@@ -23,7 +23,8 @@ import fnmatch
 import logging
 import operator
 import re
-from typing import Any, Optional
+import sys
+from typing import Any, Optional, Union
 
 from .channel import (
     UNSTORABLE,
@@ -42,6 +43,11 @@ from .channel import (
 from .config import CdrConfig
 from .fields import Value, to_number
 from .schema import SHORT_LIMIT, STANDARD_COLUMNS, TEXT_LIMIT
+
+try:  # the compiled fast path (setup.py); without it every event is decoded in Python
+    from . import _hangup
+except ImportError:  # pragma: no cover - installed without a C compiler
+    _hangup = None
 
 log = logging.getLogger("fs_cdr.record")
 
@@ -63,6 +69,11 @@ _ASSIGNMENT = re.compile(r"""([A-Za-z0-9_.\-]+)=('[^']*'?|"[^"]*"?|[^,;}\]>|&\s'
 MASK = "***"
 #: At most one warning per kind of change and column in this many seconds.
 NOTICE_INTERVAL_S = 10.0
+
+
+def compiled_split() -> bool:
+    """Whether the compiled fast path (fs_cdr._hangup) is here."""
+    return _hangup is not None
 
 
 def is_true(value: Optional[str]) -> bool:
@@ -131,15 +142,28 @@ def _as_kind(value: Value, kind: str) -> Value:
 
 def _secret_hints(patterns: list[str]) -> Optional[tuple[str, ...]]:
     """What a value must contain (lowercased) before it is searched for ``secret=value``: the
-    longest literal part of some pattern. ``None`` (search every value with ``=``) when a pattern
-    has no literal part or uses a ``[...]`` class."""
+    longest literal part of some pattern, before its first ``[`` (a class may hold ``*``, ``]``...).
+    ``None`` (search every value with ``=``) when a pattern has no such part."""
     pieces = set()
     for pattern in patterns:
-        literal = max(re.split(r"[*?]", pattern), key=len)
-        if not literal or "[" in pattern:
+        literal = max(re.split(r"[*?]", pattern.split("[", 1)[0]), key=len)
+        if not literal:
             return None
         pieces.add(literal)
     return tuple(sorted(pieces))
+
+
+class _Probe(dict):
+    """An event that notes every channel variable looked up in it."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__(headers)
+        self.read: set[str] = set()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if isinstance(key, str) and key.startswith(VARIABLE_PREFIX):
+            self.read.add(key[len(VARIABLE_PREFIX):])
+        return super().get(key, default)
 
 
 class RecordBuilder:
@@ -154,6 +178,11 @@ class RecordBuilder:
         self._secret_names: dict[str, bool] = {}
         self._detail_names: dict[str, Any] = {}
         self._plans: dict[tuple[str, ...], Any] = {}
+        #: The compiled split's plans, by the hash of a header layout (see _split_plan).
+        self._split_plans: dict[int, tuple[bytes, Optional[bytes], Optional[tuple[str, ...]]]] = {}
+        self._split_hints = self._ascii_hints()
+        #: The channel variables build() reads (the split keeps only these as Python strings).
+        self.reads = self._read_variables()
         self.notices = Notices(log, NOTICE_INTERVAL_S)
         #: Values cut to their column, values with characters replaced by U+FFFD, secrets masked.
         self.truncated = 0
@@ -194,8 +223,63 @@ class RecordBuilder:
             return f"{match.group(1)}={MASK}"
         return match.group(0)
 
-    def build(self, headers: Headers) -> Optional[CallRecord]:
+    def split(self, text: Union[str, bytes]) -> Optional[tuple[Headers, Optional[str]]]:
+        """The compiled fast path for a serialized hangup: the headers :meth:`build` reads (every
+        header but the channel variables it does not read) and ``details`` as JSON text, equal to
+        what decoding the whole event and :meth:`build` give. ``None``: decode the event in Python
+        (no compiled module, or an event it leaves to Python: see fs_cdr/_hangup.c)."""
+        if _hangup is None:
+            return None
+        plans, hints, details = self._split_plans, self._split_hints, self.config.details
+        found = _hangup.split(text, plans, hints, details)
+        if found is not None and found[0] is None:  # a header layout not seen before
+            if len(plans) >= 256:  # layouts are FreeSWITCH's, but bounded all the same
+                plans.clear()
+            plans[found[2]] = self._split_plan(found[1])
+            found = _hangup.split(text, plans, hints, details)
+        if found is None or found[0] is None:
+            return None
+        return found[0], found[2]
+
+    def _split_plan(self, layout: bytes) -> tuple[bytes, Optional[bytes], Optional[tuple[str, ...]]]:
+        """What the split needs of a header layout (each key after a '"'): a flag byte per header (1:
+        a secret variable, 2: read by build()) and the keys as str, made once. No flags (the Python
+        path) when a variable's name repeats: JSON's last-wins would reorder ``details``."""
+        keys = layout.decode("utf-8").split('"')[1:]
+        names = [key[len(VARIABLE_PREFIX):] for key in keys if key.startswith(VARIABLE_PREFIX)]
+        if len(set(names)) != len(names):
+            return layout, None, None
+        reads, flags = self.reads, bytearray()
+        for key in keys:
+            if key.startswith(VARIABLE_PREFIX):
+                name = key[len(VARIABLE_PREFIX):]
+                flags.append((1 if self.is_secret(name) else 0) | (2 if name in reads else 0))
+            else:
+                flags.append(2)
+        return layout, bytes(flags), tuple(sys.intern(key) for key in keys)
+
+    def _ascii_hints(self) -> Optional[tuple[bytes, ...]]:
+        """The secret hints as the split takes them. Only an ASCII name can be masked inside a value
+        (``_ASSIGNMENT``), so a hint that is not ASCII can never matter there."""
+        if self._secret is None:
+            return ()
+        if self._hints is None:
+            return None
+        return tuple(hint.encode("ascii") for hint in self._hints if hint.isascii())
+
+    def _read_variables(self) -> frozenset[str]:
+        """Every channel variable :meth:`build` may read for this configuration, found by running its
+        lookups on an event that has none (so every ``or`` alternative is tried)."""
+        probe = _Probe({"Unique-ID": "probe"})
+        wanted(probe, self.config.process_cdr, self.config.skip_variable)
+        leg_of(probe)
+        self._columns(probe, "probe")
+        return frozenset(probe.read | {"uuid"})  # "uuid": read only when Unique-ID is missing
+
+    def build(self, headers: Headers, details: Optional[str] = None) -> Optional[CallRecord]:
         """The record for one CHANNEL_HANGUP_COMPLETE (or an imported CDR), or ``None`` to skip it.
+        ``details``: the JSON text :meth:`split` made with ``headers`` (which then lack most
+        variables).
 
         A missing header is a NULL column, never an exception; missing times are logged. A channel
         without any uuid cannot be keyed and is refused with a ``ValueError`` naming what the event
@@ -206,6 +290,19 @@ class RecordBuilder:
             raise ValueError(f"event has no Unique-ID: cannot key a record ({self._describe(headers)})")
         if not wanted(headers, self.config.process_cdr, self.config.skip_variable):
             return None
+        record, start, end = self._columns(headers, uuid)
+        self._finish(record)
+        if start is None or end is None:
+            missing = " and ".join(name for name, value in (("start", start), ("end", end)) if value is None)
+            self.notices.warn("times", "channel %s: the event has no %s time; stored NULL", shown(record["uuid"]),
+                              missing)
+        if self.config.details:
+            record["details"] = details if details is not None else self._details(headers, record["uuid"])
+        return record
+
+    def _columns(self, headers: Headers, uuid: str) -> tuple[CallRecord, Optional[int], Optional[int]]:
+        """The standard columns and ``fields``, as found (not yet made storable); the start and end
+        times found."""
         start = _epoch(headers, "start_epoch", "Caller-Channel-Created-Time")
         answer = _epoch(headers, "answer_epoch", "Caller-Channel-Answered-Time") or None
         end = _epoch(headers, "end_epoch", "Caller-Channel-Hangup-Time")
@@ -257,14 +354,7 @@ class RecordBuilder:
                 value = spec.value(lookup)
                 kind = _KINDS.get(spec.column)
                 record[spec.column] = _as_kind(value, kind) if kind else value
-        self._finish(record)
-        if start is None or end is None:
-            missing = " and ".join(name for name, value in (("start", start), ("end", end)) if value is None)
-            self.notices.warn("times", "channel %s: the event has no %s time; stored NULL", shown(record["uuid"]),
-                              missing)
-        if self.config.details:
-            record["details"] = self._details(headers, record["uuid"])
-        return record
+        return record, start, end
 
     def _describe(self, headers: Headers) -> str:
         """What identifies an event that cannot be keyed, for the log line that refuses it."""

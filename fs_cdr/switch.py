@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import freeswitch
 
-from .channel import decode_event, dumps
+from .channel import dumps
 from .config import CdrConfig, Paths, load_config, resolve_config_path
 from .engine import EVENTS, REALTIME_EVENTS, Engine, format_status
 from .realtime import STATES
@@ -157,7 +157,7 @@ def consume() -> None:
                         headers[header_name] = value
                 engine.handle(headers)
             else:
-                engine.handle(decode_event(event.serialize("json")))
+                engine.handle_serialized(event.serialize("json"))
         except Exception:  # noqa: BLE001 - the loop must outlive any single bad event
             log.exception("source: could not take an event")
 

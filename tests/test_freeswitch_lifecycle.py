@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -106,6 +107,10 @@ def test_a_thousand_calls_as_fast_as_the_switch_allows(tmp_path) -> None:
         time.sleep(1)
         assert count(database) == 2 * calls
         assert count(database, "leg = 'b'") == calls
+        # every hangup FreeSWITCH serialized took the compiled split (fs_cdr._hangup) in the switch's
+        # own Python, none needed the Python decoder
+        fast = json.loads(live.api("python fs_cdr status json"))["fast_path"]
+        assert fast == {"compiled": True, "split": 2 * calls, "decoded": 0}, fast
         socket.close()
         print(f"\n{calls} two-leg calls ({2 * calls} records) in {elapsed:.1f} s: {calls / elapsed:.0f} calls/s")
     finally:

@@ -37,6 +37,8 @@ REALTIME_EVENTS = tuple(STATES)
 #: every brief release costs the source ~10 µs of futex traffic meanwhile. ``time.sleep(0)`` this
 #: often lets the waiter in (tests/test_faults.py, the burst test; bench/run.py measures the gain).
 YIELD_INTERVAL_S = 0.001
+#: How long the source sleeps, once per YIELD_INTERVAL_S, while the guard is behind (Guard.behind).
+GUARD_PAUSE_S = 0.001
 
 LaneFactory = Callable[[CdrConfig], list[SinkLane]]
 
@@ -100,8 +102,13 @@ class Engine:
         return self._take(split[0], builder, split[1])
 
     def _take(self, headers: Headers, builder: Optional[RecordBuilder], details: Optional[str]) -> Optional[CallRecord]:
-        if time.monotonic() - self._yielded > YIELD_INTERVAL_S:
-            time.sleep(0)  # see YIELD_INTERVAL_S: let a thread that waits for the GIL have it
+        now = time.monotonic()
+        if now - self._yielded > YIELD_INTERVAL_S:
+            # see YIELD_INTERVAL_S: let a thread that waits for the GIL have it; and while the guard is
+            # behind (a burst of hangups to put on disk), give it as much time as the source takes, so
+            # the durability window holds from the moment an event is popped (the rest wait in
+            # FreeSWITCH's event queue meanwhile)
+            time.sleep(GUARD_PAUSE_S if self.guard.behind(now) else 0)
             self._yielded = time.monotonic()
         try:
             self.events += 1

@@ -588,20 +588,32 @@ class Guard:
     def __init__(self, lanes: Callable[[], Sequence[SinkLane]], window_s: float) -> None:
         self.lanes = lanes
         self.window_s = window_s
+        self.interval_s = max(0.005, window_s / 4)
+        #: When the last tick ended (monotonic): the source reads it to see that the guard is behind.
+        self.ticked = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fs_cdr-guard", daemon=True)
 
     def start(self) -> None:
+        self.ticked = time.monotonic()
         self._thread.start()
 
+    def behind(self, now: float) -> bool:
+        """Whether the guard missed a tick (half an interval late) while it can still catch up: busy
+        putting a burst on disk, or waiting for the interpreter lock. Not when it has been stuck for
+        five windows (a disk that hangs): then slowing the source would not help it."""
+        late = now - self.ticked
+        return 1.5 * self.interval_s < late < 5 * self.window_s and self._thread.is_alive()
+
     def _run(self) -> None:
-        while not self._stop.wait(max(0.005, self.window_s / 4)):
+        while not self._stop.wait(self.interval_s):
             now = time.monotonic()
             for lane in self.lanes():
                 try:
                     lane.guard(now, self.window_s)
                 except Exception:  # noqa: BLE001 - a full disk must not kill the guard
                     log.exception("sink %s: could not spool", lane.name)
+            self.ticked = time.monotonic()
 
     def stop(self) -> None:
         self._stop.set()

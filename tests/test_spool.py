@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+from types import SimpleNamespace
 
-from fs_cdr.config import BatchSettings
+import fs_cdr.engine as engine_module
+from conftest import EVENTS_DIR
+from fs_cdr.config import BatchSettings, parse_config
+from fs_cdr.engine import Engine
 from fs_cdr.errors import RejectedError, RetriableError
 from fs_cdr.retry import Backoff
 from fs_cdr.spool import Spool
@@ -264,3 +268,60 @@ def test_a_refusal_that_also_drops_the_connection_does_not_loop(tmp_path) -> Non
         assert lane.status()["retries"] < 5
     finally:
         lane.stop(1.0)
+
+
+def test_while_the_guard_is_behind_the_source_gives_it_time(monkeypatch) -> None:
+    """A burst of hangups can make a guard tick long (thousands of records to fsync): the source then
+    sleeps once a millisecond instead of only yielding, so the guard gets the interpreter lock and the
+    durability window holds from the moment an event is popped. Once the guard ticks again, the
+    source runs at full speed."""
+    engine = Engine(parse_config({"cdr": {"log": True}}), lane_factory=lambda config: [])
+    inside_tick = threading.Event()
+    tick_may_end = threading.Event()
+
+    def lanes():
+        inside_tick.set()
+        tick_may_end.wait(10)  # a tick busy putting a burst on disk
+        return []
+
+    engine.guard.lanes = lanes
+    slept: list[float] = []
+    monkeypatch.setattr(engine_module, "time", SimpleNamespace(monotonic=time.monotonic, time=time.time,
+                                                               sleep=slept.append))
+    lines = [line for line in open(os.path.join(EVENTS_DIR, "b_bridge_null.jsonl"), "rb")]
+    engine.start()
+    try:
+        assert inside_tick.wait(5)
+        time.sleep(3 * engine.guard.interval_s)
+        assert engine.guard.behind(time.monotonic())
+        for line in lines:
+            engine.handle_serialized(line)
+            time.sleep(0.002)
+        assert slept and all(pause == engine_module.GUARD_PAUSE_S for pause in slept), slept
+        tick_may_end.set()
+        engine.guard.lanes = lambda: []
+        assert wait_for(lambda: not engine.guard.behind(time.monotonic()), 5)
+        slept.clear()
+        for line in lines:
+            engine.handle_serialized(line)
+            time.sleep(0.002)
+        assert slept and all(pause == 0 for pause in slept), slept
+    finally:
+        tick_may_end.set()
+        engine.guard.stop()
+
+
+def test_a_guard_stuck_for_five_windows_does_not_slow_the_source() -> None:
+    """A disk that hangs keeps the guard in one tick for good: slowing the source would not help it."""
+    guard = Guard(lambda: [], 0.2)
+    guard._thread.start()
+    try:
+        now = time.monotonic()
+        guard.ticked = now - 0.06
+        assert not guard.behind(now)  # within one interval and a half: on time
+        guard.ticked = now - 0.2
+        assert guard.behind(now)
+        guard.ticked = now - 1.5
+        assert not guard.behind(now)
+    finally:
+        guard.stop()

@@ -29,6 +29,12 @@ def prometheus(status: dict[str, Any]) -> str:
                              ("malformed", "counter", "events that could not make a record")):
         lines += [f"# HELP fs_cdr_{name}_total {text}", f"# TYPE fs_cdr_{name}_total {kind}",
                   f"fs_cdr_{name}_total {status[name]}"]
+    fast = status.get("fast_path")
+    if fast:
+        lines += ["# HELP fs_cdr_events_by_path_total serialized events split by the compiled fast path "
+                  "(fs_cdr._hangup) or decoded in Python", "# TYPE fs_cdr_events_by_path_total counter",
+                  f'fs_cdr_events_by_path_total{{path="compiled"}} {fast["split"]}',
+                  f'fs_cdr_events_by_path_total{{path="python"}} {fast["decoded"]}']
     for name, kind, text in _SINK_COUNTERS:
         metric = f"fs_cdr_sink_{name}" + ("_total" if kind == "counter" else "")
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from conftest import HERE, database_entry, drop_table, hangups, make_config, rows
+from conftest import EVENTS_DIR, HERE, database_entry, drop_table, hangups, make_config, rows
 from esl_standin import EslStandIn
 from fs_cdr.cdr_files import CdrFileError, read_cdr_file
 from fs_cdr.cli import main
@@ -116,8 +116,10 @@ def test_sidecar_writes_what_the_event_socket_sends_and_reconnects(tmp_path) -> 
 
 def test_status_over_the_event_socket_as_a_table_json_and_prometheus(tmp_path, capsys) -> None:
     engine = Engine(make_config({"cdr": {"database": database_entry("sqlite", "cdr", tmp_path)}}, tmp_path)).start()
-    for event in hangups("b_bridge_null"):
-        engine.handle(event)
+    with open(os.path.join(EVENTS_DIR, "b_bridge_null.jsonl"), "rb") as recording:
+        lines = [line for line in recording if line.strip()]
+    for line in lines:  # as the FreeSWITCH consumer hands them over
+        engine.handle_serialized(line)
     engine.flush(5)
     status = engine.status()
     engine.stop()
@@ -133,6 +135,8 @@ def test_status_over_the_event_socket_as_a_table_json_and_prometheus(tmp_path, c
         text = textfile.read_text()
         assert 'fs_cdr_sink_written_total{sink="sqlite"} 2' in text and "fs_cdr_records_total 2" in text
         assert 'fs_cdr_sink_healthy{sink="sqlite"} 1' in text
+        assert f'fs_cdr_events_by_path_total{{path="compiled"}} {len(lines)}' in text
+        assert 'fs_cdr_events_by_path_total{path="python"} 0' in text
     finally:
         server.close()
     assert main(["-c", path, "status"]) == 2  # nobody listens any more

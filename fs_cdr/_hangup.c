@@ -22,17 +22,17 @@
 #define PREFIX "variable_"
 #define PREFIX_LEN 9
 #define MASK "***"
+#define MASK_LEN 3
+
+/* Plan flags, one byte per header of a layout (built by record.RecordBuilder._split_plan). */
+#define PLAN_SECRET 1
+#define PLAN_READ 2
 
 static PyObject *none(void)
 {
     Py_INCREF(Py_None);
     return Py_None;
 }
-#define MASK_LEN 3
-
-/* Plan flags, one byte per channel variable of a header layout (built by record.RecordBuilder). */
-#define PLAN_SECRET 1
-#define PLAN_READ 2
 
 typedef struct {
     Py_ssize_t key, key_len, value, value_len;

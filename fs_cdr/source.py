@@ -8,24 +8,11 @@ EventConsumer loop in ``switch.py``.)
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Iterator
+from typing import Iterable
 
-from .channel import decode_event
 from .engine import Engine
 
 log = logging.getLogger("fs_cdr.source")
-
-
-def read_stream(path: str) -> Iterator[dict[str, Any]]:
-    """Events of a ``.jsonl`` recording; an unreadable line is logged and skipped."""
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield decode_event(line)
-            except ValueError as error:
-                log.warning("%s:%d: skipped a line that is not a JSON event: %s", path, number, error)
 
 
 def play(engine: Engine, paths: Iterable[str]) -> list[str]:

@@ -128,6 +128,12 @@ class LiveSwitch:
                           f'<gateways>\n    <X-PRE-PROCESS cmd="include" data="{self.conf}/sip_profiles/internal/*.xml"/>\n  </gateways>',
                           internal)
         (self.conf / "sip_profiles/internal.xml").write_text(internal)
+        # The sample switch.conf.xml admits 30 new sessions a second and 1,000 at once; a load test
+        # needs more, whatever the installed copy says (fsctl sps takes effect only the next second).
+        switch = (self.conf / "autoload_configs/switch.conf.xml").read_text()
+        switch = re.sub(r'(name="sessions-per-second" value=")\d+"', r'\g<1>5000"', switch)
+        switch = re.sub(r'(name="max-sessions" value=")\d+"', r'\g<1>5000"', switch)
+        (self.conf / "autoload_configs/switch.conf.xml").write_text(switch)
         variables = (self.conf / "vars.xml").read_text()
         variables = variables.replace('data="domain=$${local_ip_v4}"', 'data="domain=127.0.0.1"')
         (self.conf / "vars.xml").write_text(variables)

@@ -49,6 +49,11 @@ try:  # the compiled fast path (setup.py); without it every event is decoded in 
 except ImportError:  # pragma: no cover - installed without a C compiler
     _hangup = None
 
+try:  # pre-made JSON that orjson copies in as it is (record_json); without orjson, the splice
+    from orjson import Fragment as _Fragment
+except ImportError:  # pragma: no cover - Debian's python3 without orjson
+    _Fragment = None
+
 log = logging.getLogger("fs_cdr.record")
 
 CallRecord = dict[str, Value]
@@ -514,6 +519,11 @@ def record_json(record: CallRecord) -> bytes:
     details = record.get("details")
     if not isinstance(details, str):
         return dumpb(record)
+    if _Fragment is not None:
+        try:  # orjson copies the text in as it is: one pass, a third of the time of the splice below
+            return dumpb(dict(record, details=_Fragment(details)))
+        except TypeError:  # a lone surrogate in details (it came from bytes that were not UTF-8)
+            pass
     head = dumpb({name: value for name, value in record.items() if name != "details"})
     return head[:-1] + b',"details":' + details.encode("utf-8", "surrogatepass") + b"}"
 

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from .channel import dumpb, shown
 from .config import BatchSettings, mask_secrets
@@ -52,6 +52,14 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class EncodedSink(Sink, Protocol):
+    """A sink that takes records encoded by its lane's ``encode`` (Redis: uuid, final, document).
+    The writer makes them ahead: ``meanwhile`` is called once while the batch is being written (a
+    sink in a worker process) or after it, and encodes the records the next batch will take."""
+
+    def write_encoded(self, messages: Sequence[Any], meanwhile: Optional[Callable[[], None]] = None) -> None: ...
+
+
 @dataclass
 class LaneStats:
     received: int = 0
@@ -67,13 +75,14 @@ class LaneStats:
 class _Waiting:
     """A record in a writer's memory: when it arrived, and the journal segment holding a copy."""
 
-    __slots__ = ("since", "record", "segment", "done")
+    __slots__ = ("since", "record", "segment", "done", "encoded")
 
     def __init__(self, since: float, record: CallRecord) -> None:
         self.since = since
         self.record = record
         self.segment = 0  # 0: not journaled
         self.done = False  # written, or moved to the spool: it no longer needs the journal
+        self.encoded: Any = None  # the lane's encode(record), made ahead by the writer thread
 
 
 @dataclass
@@ -297,18 +306,24 @@ class SinkWriter:
         lane = self.lane
         failures = 0
         records = _unique(batch.records) if lane.coalesce else batch.records
+        encoded: Optional[list[Any]] = None
         try:
             while True:
                 if batch.spooled:
                     return False  # the guard moved it to disk; the lane replays it later
                 try:
                     sink = self._open_sink()
-                    sink.write(records)
+                    if lane.encode is None:
+                        sink.write(records)
+                    else:
+                        if encoded is None:
+                            encoded = self._encoded(batch, records)
+                        sink.write_encoded(encoded, self._encode_ahead)  # type: ignore[attr-defined]
                 except RejectedError as error:
                     if len(records) == 1:
                         lane.set_aside(records[0], error)
                         return True
-                    records = self._isolate(records)
+                    records, encoded = self._isolate(records), None
                     if not records:
                         return True
                     # the sink failed half-way through: back off like any failure, then retry the rest
@@ -335,6 +350,31 @@ class SinkWriter:
         finally:
             with self._lock:
                 self._inflight = None
+
+    def _encoded(self, batch: _Batch, records: list[CallRecord]) -> list[Any]:
+        """The batch as its sink takes it: what :meth:`_encode_ahead` made, the rest now."""
+        encode = self.lane.encode
+        assert encode is not None
+        entries = batch.entries
+        if len(entries) != len(records):  # a replay batch, or coalesced: no entries to match
+            return [encode(record) for record in records]
+        return [entry.encoded if entry.encoded is not None else encode(entry.record) for entry in entries]
+
+    def _encode_ahead(self) -> None:
+        """While the sink writes a batch: encode the records the next batch will take, so that the
+        writer hands it over the moment this one is confirmed (a worker process then never waits for
+        this thread, which shares FreeSWITCH's interpreter lock with the source)."""
+        encode = self.lane.encode
+        if encode is None:
+            return
+        with self._lock:
+            ahead = [entry for entry in itertools.islice(self._queue, self.settings.batch_size)
+                     if entry.encoded is None]
+        try:
+            for entry in ahead:
+                entry.encoded = encode(entry.record)
+        except Exception:  # noqa: BLE001 - a record that cannot be encoded fails in its own batch
+            log.exception("sink %s writer %d: could not encode a record ahead", self.lane.name, self.index)
 
     def _pause(self, seconds: float) -> bool:
         """Back off for ``seconds``, cut short by :meth:`nudge`; True when stopping."""
@@ -410,9 +450,12 @@ class SinkLane:
         secrets: Sequence[str] = (),
         realtime: bool = False,
         coalesce: bool = True,
+        encode: Optional[Callable[[CallRecord], Any]] = None,
     ) -> None:
         self.name = name
         self.realtime = realtime
+        #: what the sink's ``write_encoded`` takes per record (EncodedSink), or None: ``write(records)``
+        self.encode = encode
         #: a table keeps only the newest state of a row, so a batch writes each uuid once; a channel or
         #: a queue delivers every message, so nothing is merged for them
         self.coalesce = coalesce

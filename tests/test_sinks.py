@@ -11,7 +11,9 @@ import pytest
 from conftest import EXPECTED_ROWS, SCENARIOS, SEED_FIELDS, TOTAL_ROWS, assert_a_missing_column_is_named, connect, database_entry, drop_table, hangups, make_config, rows, scenario_events
 from fs_cdr.engine import Engine, probe_config
 from fs_cdr.source import play
-from fs_cdr.sinks.redis import payload
+from fs_cdr.errors import RetriableError
+from fs_cdr.sinks.redis import RedisSink, payload
+from processes import wait_for
 
 
 def feed(engine: Engine, scenarios) -> None:
@@ -210,6 +212,58 @@ def test_redis_list_and_channel_carry_one_json_document_per_record(redis_client,
     assert record["leg"] == "b" and record["originator"] == "0c9f051d-1620-4ce1-9fcf-241ca4a161e8"
     assert record["billsec"] == 3 and isinstance(record["details"], dict)
     assert record["details"]["originator"] == record["originator"]
+
+
+def test_an_error_reply_mid_batch_keeps_records_waiting_then_each_arrives_once_in_order(
+        redis_client, tmp_path, engines, table_name) -> None:
+    """The list key holds a string: Redis answers LPUSH with WRONGTYPE while the commands packed behind
+    it (PUBLISH, XADD) succeed. The batch is retried whole (on a fresh connection: replies left unread on the
+    old one must never be taken for the next batch's), spooled past the window, and once the key is
+    fixed every record is listed exactly once, oldest at the tail."""
+    key = f"fs_cdr_test:{table_name}"
+    redis_client.set(key, "not a list")
+    config = make_config({"cdr": {"durable_window_ms": 200, "redis": {
+        "list": key, "channel": key, "stream": key + ":s"}}}, tmp_path)
+    engine = engines(config)
+    try:
+        uuids = []
+        for scenario in SCENARIOS:
+            for event in scenario_events(scenario):
+                record = engine.handle(event)
+                if record is not None:
+                    uuids.append(record["uuid"])
+        lane = engine.lanes[0]
+        assert wait_for(lambda: lane.spool.pending == TOTAL_ROWS, 15), engine.status()
+        status = engine.status()["sinks"][0]
+        assert "WRONGTYPE" in status["last_error"] and status["written"] == 0, status
+        redis_client.delete(key)
+        engine.replay()
+        assert engine.flush(30), engine.status()
+        listed = [json.loads(item)["uuid"] for item in redis_client.lrange(key, 0, -1)]
+        assert listed == list(reversed(uuids))
+        # XADD succeeded in the failed attempts too: a stream is at least once, and its entries carry
+        # the uuid so that consumers drop what a retry adds again
+        streamed = [fields[b"uuid"].decode() for _, fields in redis_client.xrange(key + ":s")]
+        assert list(dict.fromkeys(streamed)) == uuids
+    finally:
+        redis_client.delete(key, key + ":s")
+
+
+def test_after_an_error_reply_the_next_command_gets_its_own_reply(redis_client, tmp_path, table_name) -> None:
+    """A batch is packed as one packet and fails at its first error reply, with the rest unread: that
+    connection must not serve again, or every later command would read an earlier one's answer."""
+    key = f"fs_cdr_test:{table_name}"
+    redis_client.set(key, "not a list")
+    sink = RedisSink(make_config({"cdr": {"redis": {"list": key, "channel": key}}}, tmp_path).redis)
+    sink.open()
+    try:
+        with pytest.raises(RetriableError, match="WRONGTYPE"):
+            sink.write([{"uuid": f"u{index}", "billsec": index, "details": "{}"} for index in range(5)])
+        assert sink._client.ping() is True  # not the "0 subscribers" of a PUBLISH left unread
+        assert sink._client.get(key) == b"not a list"
+    finally:
+        sink.close()
+        redis_client.delete(key)
 
 
 def test_redis_payload_keeps_details_exact() -> None:

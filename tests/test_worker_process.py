@@ -83,6 +83,46 @@ def test_redis_through_a_worker_process(tmp_path, table_name, engines) -> None:
         client.delete(key)
 
 
+def test_documents_reach_redis_byte_for_byte_when_the_pipe_takes_them_in_pieces(tmp_path, table_name, engines,
+                                                                                monkeypatch) -> None:
+    """An encoded batch crosses to the worker as raw documents (os.writev from their own buffers). A
+    pipe may take any part of a writev: here each call takes at most 4,099 bytes, cut mid-document
+    and mid-character, and every document must still arrive exactly as fs_cdr made it."""
+    import redis
+
+    from fs_cdr.sinks import worker as worker_module
+    from fs_cdr.sinks.redis import payload
+
+    real_writev, calls = os.writev, []
+
+    def stingy(descriptor: int, buffers: list) -> int:
+        taken, left = [], 4099
+        for buffer in buffers:
+            if left <= 0:
+                break
+            piece = memoryview(buffer)[:left]
+            taken.append(piece)
+            left -= len(piece)
+        calls.append(len(taken))
+        return real_writev(descriptor, taken)
+
+    monkeypatch.setattr(worker_module.os, "writev", stingy)
+    key = f"fs_cdr_test:{table_name}"
+    engine = engines(make_config({"cdr": {"details": True, "fields": ["queue_name"], "redis": {
+        "list": key, "worker_process": True}}}, tmp_path))
+    client = redis.Redis()
+    try:
+        expected = []
+        for index in range(700):
+            item = dict(event(index, table_name), variable_queue_name=f"名前\u202e\"'\\ {index} " + "é" * (index % 50))
+            expected.append(payload(engine.handle(item)))
+        assert engine.flush(30), engine.status()
+        assert client.lrange(key, 0, -1) == list(reversed(expected))
+        assert len(calls) >= sum(map(len, expected)) // 4099  # the documents did cross in pieces
+    finally:
+        client.delete(key)
+
+
 def test_a_killed_worker_is_started_again_and_every_record_arrives_once(tmp_path, table_name, engines) -> None:
     engine = engines(make_config({"cdr": {"fields": ["queue_name"], "database": dict(
         database_entry("postgresql", table_name, tmp_path), worker_process=True, workers=1)}}, tmp_path))

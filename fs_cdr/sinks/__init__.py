@@ -9,7 +9,7 @@ spool that a running engine owns.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable, Optional
 
 from ..config import BatchSettings, CdrConfig, config_secrets
 from ..errors import ConfigError
@@ -28,6 +28,8 @@ class Target:
     realtime: bool = False
     #: several records of one uuid in a batch may be written as the last one (tables, not messages)
     coalesce: bool = True
+    #: the sink takes records encoded by this (writer.EncodedSink), made ahead by the writer
+    encode: Optional[Callable[[Any], Any]] = None
 
 
 def targets(config: CdrConfig) -> list[Target]:
@@ -43,11 +45,12 @@ def targets(config: CdrConfig) -> list[Target]:
 
         found.append(Target(database.name, database.describe(), open_sql, database.batch, database.real))
     if config.redis is not None:
-        from .redis import RedisSink
+        from .redis import RedisSink, message
 
         redis_config = config.redis
         found.append(Target(redis_config.name, redis_config.describe(), lambda: RedisSink(redis_config),
-                            redis_config.batch, redis_config.real and bool(redis_config.channel), coalesce=False))
+                            redis_config.batch, redis_config.real and bool(redis_config.channel), coalesce=False,
+                            encode=message))
     if config.rabbitmq is not None:
         from .rabbitmq import RabbitSink
 
@@ -75,6 +78,6 @@ def lanes_for(config: CdrConfig) -> list[SinkLane]:
     secrets = config_secrets(config)
     return [
         SinkLane(target.name, target.description, target.open_sink, target.batch, config.spool_dir, secrets=secrets,
-                 realtime=target.realtime, coalesce=target.coalesce)
+                 realtime=target.realtime, coalesce=target.coalesce, encode=target.encode)
         for target in targets(config)
     ]

@@ -220,10 +220,20 @@ def header(headers: Headers, name: str) -> Optional[str]:
     return as_text(value)
 
 
+#: ``variable_<name>`` for each name looked up so far, made (and hashed) once: the record builder asks
+#: for the same few dozen variables on every hangup. Names come from the code and cdr.json only.
+_VARIABLE_KEYS: dict[str, str] = {}
+
+
 def variable(headers: Headers, name: str) -> Optional[str]:
     """A channel variable (``variable_<name>``); a plain header of that exact name as a fallback,
     so that ``fields`` can also name headers such as ``Hangup-Cause``."""
-    value = headers.get(VARIABLE_PREFIX + name)
+    key = _VARIABLE_KEYS.get(name)
+    if key is None:
+        key = VARIABLE_PREFIX + name
+        if len(_VARIABLE_KEYS) < 4096:
+            _VARIABLE_KEYS[name] = key
+    value = headers.get(key)
     if value is None:
         value = headers.get(name)
     if value is None or isinstance(value, str):

@@ -143,6 +143,10 @@ class LiveSwitch:
             # only a line that loads it: one already inside a comment must not get a nested comment
             modules = re.sub(rf'^(\s*)<load module="{module}"/>', rf"\1<!-- {module} off for tests -->", modules,
                              flags=re.MULTILINE)
+        for module in self.native_cdr:
+            # asked for (the benchmark compares them): loaded, whether or not the installed copy loads it
+            if not re.search(rf'^\s*<load module="{module}"/>', modules, flags=re.MULTILINE):
+                modules = modules.replace("</modules>", f'  <load module="{module}"/>\n  </modules>', 1)
         (self.conf / "autoload_configs/modules.conf.xml").write_text(modules)
 
     # -- process -----------------------------------------------------------------------------------

@@ -144,6 +144,33 @@ def test_a_killed_worker_is_started_again_and_every_record_arrives_once(tmp_path
         drop_table("postgresql", tmp_path, table_name)
 
 
+def test_a_redis_worker_killed_mid_batch_is_replaced_and_every_record_arrives(tmp_path, table_name, engines) -> None:
+    """kill -9 the worker while batches cross the pipe as raw documents: the writer sees a broken
+    pipe or a lost answer, starts a new worker and retries; every record reaches the list (Redis is
+    at least once: a batch written just before the kill may be pushed again, never one lost)."""
+    import redis
+
+    key = f"fs_cdr_test:{table_name}"
+    engine = engines(make_config({"cdr": {"details": True, "redis": {"list": key, "worker_process": True}}}, tmp_path))
+    client = redis.Redis()
+    try:
+        for index in range(1500):
+            engine.handle(event(index, table_name))
+        assert wait_for(lambda: engine.lanes[0].stats.written >= 500, 20)
+        first = worker_of(engine).pid
+        os.kill(first, signal.SIGKILL)  # while the rest is being written
+        for index in range(1500, 3000):
+            engine.handle(event(index, table_name))
+        assert engine.flush(60), engine.status()
+        listed = {json.loads(item)["uuid"] for item in client.lrange(key, 0, -1)}
+        assert listed == {f"{table_name}-{index:06d}" for index in range(3000)}
+        status = engine.status()["sinks"][0]
+        assert status["healthy"] and status["retries"] >= 1, status
+        assert worker_of(engine).pid != first
+    finally:
+        client.delete(key)
+
+
 def test_a_hung_worker_costs_the_source_nothing_and_its_batch_is_spooled(tmp_path, table_name, engines) -> None:
     """SIGSTOP the child mid-stream: the guard moves what waits to the spool within the window; once
     the child runs again everything is written, and nothing twice."""

@@ -172,6 +172,32 @@ def test_values_the_c_code_treats_specially(value: bytes, taken: bool) -> None:
         assert "hunter2" not in json.dumps(python_path(builder, line))
 
 
+#: Bytes the scanner must stop at, and bytes it must not: the quote and backslash of escapes, control
+#: characters cJSON escapes, the lowest and highest byte of each UTF-8 length, and their neighbours.
+SPECIALS = [b'\\"', b"\\\\", b"\\n", b"\\t", b"\\u0001", b"\x7f", b" ", b"!", b"#", b"[", b"]", b"\xc2\x80",
+            b"\xdf\xbf", b"\xe0\xa0\x80", b"\xef\xbf\xbd", b"\xf0\x90\x80\x80", b"\xf4\x8f\xbf\xbf", b"\x80", b"\xff"]
+
+
+@pytest.mark.parametrize("special", SPECIALS)
+def test_each_special_byte_at_each_place_of_a_scanned_block(special: bytes) -> None:
+    """The split scans 8 bytes at a time, then one: a byte that needs a look must be found wherever
+    it falls, in a value of any length, and give the Python path's record."""
+    builder = BUILDERS["default"]
+    taken = 0
+    for length in range(0, 48):
+        for place in range(0, length + 1, 3 if length > 20 else 1):
+            value = b"v" * place + special + b"w" * (length - place)
+            line = LINE[:-1] + b',"variable_sip_h_X-Scan":"' + value + b'"}'
+            fast = fast_path(builder, line)
+            slow = python_path(builder, line)
+            if fast is not DECLINED:
+                taken += 1
+                assert same(fast, slow), (special, length, place)
+                assert json.loads(fast["details"])["sip_h_X-Scan"] == json.loads(b'"' + value + b'"')
+    # only a raw control character, a \u escape and bytes that are not UTF-8 go to Python
+    assert (taken == 0) == (special in (b"\\u0001", b"\x80", b"\xff"))
+
+
 @pytest.mark.parametrize("text", [
     b"", b"{}", b"[]", b"null", b'{"a":1}', b'{"a":["x"]}', b'{"a":{"b":"c"}}', b'{"a":"b"', b'{"a":"b"}x',
     b'{"a":"\\u0041"}', b'{"a":"\\/"}', b'{"a\\n":"b"}', b'{"a":"b",}', b' {"Unique-ID" : "u" , "b":"c"} ',

@@ -232,6 +232,20 @@ def test_the_worker_ends_when_its_parent_is_killed(tmp_path) -> None:
             parent.kill()
 
 
+def test_a_worker_from_other_fs_cdr_files_is_refused_with_the_reason(monkeypatch) -> None:
+    """The child imports fs_cdr from disk: replaced while FreeSWITCH ran, the files may speak an older
+    protocol than the running engine. That must be a clear error at start, not garbled batches."""
+    from fs_cdr.errors import RetriableError
+    from fs_cdr.sinks import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "_CHILD", "import os, sys, time; os.write(1, b'fs_cdr worker ready'); "
+                                                 "sys.stdin.buffer.read()")
+    sink = ProcessSink(dict, "old", 1.0)
+    with pytest.raises(RetriableError, match="older fs_cdr than the one FreeSWITCH loaded.*restart FreeSWITCH"):
+        sink.open()
+    assert sink.pid is None  # reaped, not left behind
+
+
 def test_a_sink_the_worker_cannot_load_is_a_retriable_error_that_says_why() -> None:
     """A worker whose Python lacks what the sink needs (a driver, a newer fs_cdr) answers with the
     reason instead of dying; the lane retries with backoff and spools meanwhile."""

@@ -41,8 +41,14 @@ _LENGTH = struct.Struct("!Q")
 _HEAD = struct.Struct("!QQ")
 #: Buffers per writev call (POSIX guarantees 16; Linux takes 1024).
 _IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16, 1024))
-#: The child's first line on its protocol pipe: it started and imported fs_cdr.
-_HELLO = b"fs_cdr worker ready"
+#: The child's first words on its protocol pipe: it started and imported fs_cdr, and which protocol
+#: it speaks. The same length as the first protocol's, so that each side of a mismatch sees it at
+#: once (the child imports fs_cdr's files from disk: after an upgrade they may be newer than the
+#: fs_cdr FreeSWITCH is running).
+_HELLO = b"fs_cdr worker v2 ok"
+_FIRST_HELLO = b"fs_cdr worker ready"
+#: What the child runs.
+_CHILD = "from fs_cdr.sinks.worker import serve; serve()"
 
 
 def interpreter() -> str:
@@ -133,7 +139,7 @@ class ProcessSink:
         self.close()
         paths = [entry for entry in sys.path if entry and os.path.isdir(entry)]
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1")
-        command = [interpreter(), "-c", "from fs_cdr.sinks.worker import serve; serve()"]
+        command = [interpreter(), "-c", _CHILD]
         try:
             child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=environment, close_fds=True, start_new_session=True)
@@ -145,6 +151,9 @@ class ProcessSink:
                                        daemon=True)
         self._relay.start()
         hello = self._read(child, len(_HELLO), self.open_timeout_s)
+        if hello == _FIRST_HELLO:
+            raise self._lost(child, "runs an older fs_cdr than the one FreeSWITCH loaded (were fs_cdr's files "
+                                    "replaced while FreeSWITCH ran?): restart FreeSWITCH")
         if hello != _HELLO:
             raise self._lost(child, "did not start")
 

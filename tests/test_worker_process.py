@@ -37,6 +37,18 @@ def alive(pid: int) -> bool:
     return not process_gone(pid)
 
 
+@pytest.fixture
+def redis_list(table_name):
+    """A Redis list key of this test's own and a client; the key is deleted afterwards."""
+    import redis
+
+    key = f"fs_cdr_test:{table_name}"
+    client = redis.Redis()
+    yield key, client
+    client.delete(key)
+    client.close()
+
+
 def test_rows_through_a_worker_process_equal_rows_written_in_process(sql_kind, table_name, tmp_path, engines) -> None:
     fields = ["queue_name", "number:billsec"]
     in_process = make_config({"cdr": {"details": True, "fields": fields, "database": dict(
@@ -66,30 +78,22 @@ def test_rows_through_a_worker_process_equal_rows_written_in_process(sql_kind, t
         drop_table(sql_kind, tmp_path, other)
 
 
-def test_redis_through_a_worker_process(tmp_path, table_name, engines) -> None:
-    import redis
-
-    key = f"fs_cdr_test:{table_name}"
+def test_redis_through_a_worker_process(tmp_path, table_name, redis_list, engines) -> None:
+    key, client = redis_list
     engine = engines(make_config({"cdr": {"details": True, "redis": {"list": key, "worker_process": True}}}, tmp_path))
-    client = redis.Redis()
-    try:
-        for index in range(300):
-            engine.handle(event(index, table_name))
-        assert engine.flush(20), engine.status()
-        documents = [json.loads(item) for item in client.lrange(key, 0, -1)]
-        assert sorted(document["uuid"] for document in documents) == [f"{table_name}-{i:06d}" for i in range(300)]
-        assert documents[0]["details"]["queue_name"] == table_name
-    finally:
-        client.delete(key)
+    for index in range(300):
+        engine.handle(event(index, table_name))
+    assert engine.flush(20), engine.status()
+    documents = [json.loads(item) for item in client.lrange(key, 0, -1)]
+    assert sorted(document["uuid"] for document in documents) == [f"{table_name}-{i:06d}" for i in range(300)]
+    assert documents[0]["details"]["queue_name"] == table_name
 
 
-def test_documents_reach_redis_byte_for_byte_when_the_pipe_takes_them_in_pieces(tmp_path, table_name, engines,
-                                                                                monkeypatch) -> None:
+def test_documents_reach_redis_byte_for_byte_when_the_pipe_takes_them_in_pieces(tmp_path, table_name, redis_list,
+                                                                                engines, monkeypatch) -> None:
     """An encoded batch crosses to the worker as raw documents (os.writev from their own buffers). A
     pipe may take any part of a writev: here each call takes at most 4,099 bytes, cut mid-document
     and mid-character, and every document must still arrive exactly as fs_cdr made it."""
-    import redis
-
     from fs_cdr.sinks import worker as worker_module
     from fs_cdr.sinks.redis import payload
 
@@ -107,20 +111,16 @@ def test_documents_reach_redis_byte_for_byte_when_the_pipe_takes_them_in_pieces(
         return real_writev(descriptor, taken)
 
     monkeypatch.setattr(worker_module.os, "writev", stingy)
-    key = f"fs_cdr_test:{table_name}"
+    key, client = redis_list
     engine = engines(make_config({"cdr": {"details": True, "fields": ["queue_name"], "redis": {
         "list": key, "worker_process": True}}}, tmp_path))
-    client = redis.Redis()
-    try:
-        expected = []
-        for index in range(700):
-            item = dict(event(index, table_name), variable_queue_name=f"名前\u202e\"'\\ {index} " + "é" * (index % 50))
-            expected.append(payload(engine.handle(item)))
-        assert engine.flush(30), engine.status()
-        assert client.lrange(key, 0, -1) == list(reversed(expected))
-        assert len(calls) >= sum(map(len, expected)) // 4099  # the documents did cross in pieces
-    finally:
-        client.delete(key)
+    expected = []
+    for index in range(700):
+        item = dict(event(index, table_name), variable_queue_name=f"名前\u202e\"'\\ {index} " + "é" * (index % 50))
+        expected.append(payload(engine.handle(item)))
+    assert engine.flush(30), engine.status()
+    assert client.lrange(key, 0, -1) == list(reversed(expected))
+    assert len(calls) >= sum(map(len, expected)) // 4099  # the documents did cross in pieces
 
 
 def test_a_killed_worker_is_started_again_and_every_record_arrives_once(tmp_path, table_name, engines) -> None:
@@ -144,31 +144,26 @@ def test_a_killed_worker_is_started_again_and_every_record_arrives_once(tmp_path
         drop_table("postgresql", tmp_path, table_name)
 
 
-def test_a_redis_worker_killed_mid_batch_is_replaced_and_every_record_arrives(tmp_path, table_name, engines) -> None:
+def test_a_redis_worker_killed_mid_batch_is_replaced_and_every_record_arrives(tmp_path, table_name, redis_list,
+                                                                              engines) -> None:
     """kill -9 the worker while batches cross the pipe as raw documents: the writer sees a broken
     pipe or a lost answer, starts a new worker and retries; every record reaches the list (Redis is
     at least once: a batch written just before the kill may be pushed again, never one lost)."""
-    import redis
-
-    key = f"fs_cdr_test:{table_name}"
+    key, client = redis_list
     engine = engines(make_config({"cdr": {"details": True, "redis": {"list": key, "worker_process": True}}}, tmp_path))
-    client = redis.Redis()
-    try:
-        for index in range(1500):
-            engine.handle(event(index, table_name))
-        assert wait_for(lambda: engine.lanes[0].stats.written >= 500, 20)
-        first = worker_of(engine).pid
-        os.kill(first, signal.SIGKILL)  # while the rest is being written
-        for index in range(1500, 3000):
-            engine.handle(event(index, table_name))
-        assert engine.flush(60), engine.status()
-        listed = {json.loads(item)["uuid"] for item in client.lrange(key, 0, -1)}
-        assert listed == {f"{table_name}-{index:06d}" for index in range(3000)}
-        status = engine.status()["sinks"][0]
-        assert status["healthy"] and status["retries"] >= 1, status
-        assert worker_of(engine).pid != first
-    finally:
-        client.delete(key)
+    for index in range(1500):
+        engine.handle(event(index, table_name))
+    assert wait_for(lambda: engine.lanes[0].stats.written >= 500, 20)
+    first = worker_of(engine).pid
+    os.kill(first, signal.SIGKILL)  # while the rest is being written
+    for index in range(1500, 3000):
+        engine.handle(event(index, table_name))
+    assert engine.flush(60), engine.status()
+    listed = {json.loads(item)["uuid"] for item in client.lrange(key, 0, -1)}
+    assert listed == {f"{table_name}-{index:06d}" for index in range(3000)}
+    status = engine.status()["sinks"][0]
+    assert status["healthy"] and status["retries"] >= 1, status
+    assert worker_of(engine).pid != first
 
 
 def test_a_hung_worker_costs_the_source_nothing_and_its_batch_is_spooled(tmp_path, table_name, engines) -> None:

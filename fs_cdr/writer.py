@@ -471,6 +471,9 @@ class SinkLane:
         self.failures = 0
         self._rejected_path = os.path.join(spool_dir, name, "rejected.jsonl")
         self._lock = threading.Lock()
+        # Held by the guard from taking records out of memory until the spool counts them: without
+        # it, settled() could see neither the memory copy nor the spool copy and say "all written".
+        self._moving = threading.Lock()
         self._already_written: dict[object, int] = {}
         self.writers = [SinkWriter(self, index) for index in range(settings.workers)]
 
@@ -572,9 +575,10 @@ class SinkLane:
         """Put on disk what is due (see :meth:`SinkWriter.take_due`); returns how many were spooled."""
         spooled = 0
         for writer in self.writers:
-            due = writer.take_due(now, window_s, everything)
-            if due.spool:
-                spooled += self.spool.append(due.spool)
+            with self._moving:
+                due = writer.take_due(now, window_s, everything)
+                if due.spool:
+                    spooled += self.spool.append(due.spool)
             for segment in due.release:  # only once their spool copy is fsynced
                 self.journal.release(segment)
             if due.journal:
@@ -586,8 +590,10 @@ class SinkLane:
         return all(writer.drained() for writer in self.writers)
 
     def settled(self) -> bool:
-        """Everything received is in the sink: nothing in memory, nothing in the spool."""
-        return self.drained() and self.spool.pending == 0
+        """Everything received is in the sink: nothing in memory, nothing in the spool, nothing
+        on its way from one to the other."""
+        with self._moving:
+            return self.drained() and self.spool.pending == 0
 
     def stop(self, timeout_s: float) -> int:
         """Let the writers finish what they hold for up to ``timeout_s``, then spool the rest."""

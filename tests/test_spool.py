@@ -118,6 +118,42 @@ def test_records_for_a_down_sink_are_spooled_within_the_window_then_replayed_onc
         lane.stop(1.0)
 
 
+def test_records_on_their_way_to_the_spool_are_not_taken_for_written(tmp_path) -> None:
+    """flush() and `fs-cdr replay` wait for settled(). While the guard moves records from memory
+    to the spool (a slow fsync), neither copy is counted yet: settled() must still say no, or a
+    flush returns with every one of those records unwritten (seen once in CI)."""
+    lane, state = lane_with(tmp_path, down=True)
+    append, moving, release = lane.spool.append, threading.Event(), threading.Event()
+
+    def slow_append(records):
+        moving.set()
+        release.wait(5)
+        return append(records)
+
+    lane.spool.append = slow_append
+    lane.start()
+    guard = threading.Thread(target=lambda: lane.guard(time.monotonic() + 1.0, 0.1))
+    try:
+        for index in range(20):
+            lane.offer({"uuid": f"call-{index}"}, time.monotonic())
+        assert wait_for(lambda: lane.stats.retries >= 1, 5.0)
+        guard.start()
+        assert moving.wait(5)
+        assert lane.drained()  # out of memory ...
+        answer = []
+        asking = threading.Thread(target=lambda: answer.append(lane.settled()))
+        asking.start()
+        asking.join(0.2)
+        release.set()  # ... and not yet in the spool
+        asking.join(5)
+        guard.join(5)
+        assert answer == [False]
+        assert lane.spool.pending == 20 and not lane.settled()
+    finally:
+        release.set()
+        lane.stop(1.0)
+
+
 def test_a_slow_sink_gets_waiting_records_journaled_within_the_window(tmp_path) -> None:
     lane, state = lane_with(tmp_path, delay=0.5)
     guard = Guard(lambda: [lane], 0.1)

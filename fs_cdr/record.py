@@ -159,16 +159,29 @@ def _secret_hints(patterns: list[str]) -> Optional[tuple[str, ...]]:
 
 
 class _Probe(dict):
-    """An event that notes every channel variable looked up in it."""
+    """An event that notes every channel variable, and every other header, looked up in it."""
 
     def __init__(self, headers: dict[str, str]) -> None:
         super().__init__(headers)
         self.read: set[str] = set()
+        self.headers_read: set[str] = set()
 
     def get(self, key: Any, default: Any = None) -> Any:
-        if isinstance(key, str) and key.startswith(VARIABLE_PREFIX):
-            self.read.add(key[len(VARIABLE_PREFIX):])
+        if isinstance(key, str):
+            if key.startswith(VARIABLE_PREFIX):
+                self.read.add(key[len(VARIABLE_PREFIX):])
+            else:
+                self.headers_read.add(key)
         return super().get(key, default)
+
+
+#: Headers the engine reads of a hangup besides what build() reads (see Engine._take and _record),
+#: and what names an event that cannot be keyed (RecordBuilder._describe).
+ENGINE_HEADERS = frozenset({
+    "Event-Name", "Unique-ID", "Event-Sequence",
+    "Channel-Call-UUID", "Channel-Name", "Caller-Caller-ID-Number", "Caller-Destination-Number",
+    "Event-Date-Timestamp",
+})
 
 
 class RecordBuilder:
@@ -186,8 +199,9 @@ class RecordBuilder:
         #: The compiled split's plans, by the hash of a header layout (see _split_plan).
         self._split_plans: dict[int, tuple[bytes, Optional[bytes], Optional[tuple[str, ...]]]] = {}
         self._split_hints = self._ascii_hints()
-        #: The channel variables build() reads (the split keeps only these as Python strings).
-        self.reads = self._read_variables()
+        #: The channel variables and the other headers build() reads: the split makes Python strings
+        #: of these alone (a hangup has ~100 other headers and ~200 variables; details are text).
+        self.reads, self.headers_read = self._read_variables()
         self.notices = Notices(log, NOTICE_INTERVAL_S)
         #: Values cut to their column, values with characters replaced by U+FFFD, secrets masked.
         self.truncated = 0
@@ -229,8 +243,8 @@ class RecordBuilder:
         return match.group(0)
 
     def split(self, text: Union[str, bytes]) -> Optional[tuple[Headers, Optional[str]]]:
-        """The compiled fast path for a serialized hangup: the headers :meth:`build` reads (every
-        header but the channel variables it does not read) and ``details`` as JSON text, equal to
+        """The compiled fast path for a serialized hangup: the headers :meth:`build` and the engine
+        read (``reads``, ``headers_read``) and ``details`` as JSON text, equal to
         what decoding the whole event and :meth:`build` give. ``None``: decode the event in Python
         (no compiled module, or an event it leaves to Python: see fs_cdr/_hangup.c)."""
         if _hangup is None:
@@ -248,19 +262,19 @@ class RecordBuilder:
 
     def _split_plan(self, layout: bytes) -> tuple[bytes, Optional[bytes], Optional[tuple[str, ...]]]:
         """What the split needs of a header layout (each key after a '"'): a flag byte per header (1:
-        a secret variable, 2: read by build()) and the keys as str, made once. No flags (the Python
+        a secret variable, 2: read by build() or the engine) and the keys as str, made once. No flags (the Python
         path) when a variable's name repeats: JSON's last-wins would reorder ``details``."""
         keys = layout.decode("utf-8").split('"')[1:]
         names = [key[len(VARIABLE_PREFIX):] for key in keys if key.startswith(VARIABLE_PREFIX)]
         if len(set(names)) != len(names):
             return layout, None, None
-        reads, flags = self.reads, bytearray()
+        reads, headers_read, flags = self.reads, self.headers_read, bytearray()
         for key in keys:
             if key.startswith(VARIABLE_PREFIX):
                 name = key[len(VARIABLE_PREFIX):]
                 flags.append((1 if self.is_secret(name) else 0) | (2 if name in reads else 0))
             else:
-                flags.append(2)
+                flags.append(2 if key in headers_read else 0)
         return layout, bytes(flags), tuple(sys.intern(key) for key in keys)
 
     def _ascii_hints(self) -> Optional[tuple[bytes, ...]]:
@@ -272,14 +286,17 @@ class RecordBuilder:
             return None
         return tuple(hint.encode("ascii") for hint in self._hints if hint.isascii())
 
-    def _read_variables(self) -> frozenset[str]:
-        """Every channel variable :meth:`build` may read for this configuration, found by running its
-        lookups on an event that has none (so every ``or`` alternative is tried)."""
+    def _read_variables(self) -> tuple[frozenset[str], frozenset[str]]:
+        """Every channel variable, and every other header, :meth:`build` may read for this
+        configuration, found by running its lookups on an event that has none (so every ``or``
+        alternative is tried; a lookup that only happens once another found a value would be missed,
+        so none is written that way); the other headers with those the engine reads (``ENGINE_HEADERS``)."""
         probe = _Probe({"Unique-ID": "probe"})
         wanted(probe, self.config.process_cdr, self.config.skip_variable)
         leg_of(probe)
         self._columns(probe, "probe")
-        return frozenset(probe.read | {"uuid"})  # "uuid": read only when Unique-ID is missing
+        # "uuid": read only when Unique-ID is missing
+        return frozenset(probe.read | {"uuid"}), frozenset(probe.headers_read | ENGINE_HEADERS)
 
     def build(self, headers: Headers, details: Optional[str] = None) -> Optional[CallRecord]:
         """The record for one CHANNEL_HANGUP_COMPLETE (or an imported CDR), or ``None`` to skip it.
@@ -320,8 +337,12 @@ class RecordBuilder:
         if not isinstance(billsec, int):
             billsec = _int64(end - answer) if end and answer else 0
         originator = variable(headers, "originator")
-        if not originator and header(headers, "Other-Type") == "originator":
-            originator = header(headers, "Other-Leg-Unique-ID")
+        if not originator:
+            # both looked up before either is tested: _read_variables finds what build() reads by
+            # running it on an event with nothing in it, so a lookup must not wait on a value found
+            other_type, other_leg = header(headers, "Other-Type"), header(headers, "Other-Leg-Unique-ID")
+            if other_type == "originator":
+                originator = other_leg
         record: CallRecord = {
             "uuid": uuid,
             "leg": "b" if originator else "a",

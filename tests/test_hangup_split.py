@@ -131,7 +131,13 @@ def test_the_split_keeps_only_what_the_builder_reads() -> None:
     variables = [name for name in full if name.startswith("variable_")]
     kept = [name for name in headers if name.startswith("variable_")]
     assert len(kept) < len(variables) / 2  # the point of it: most variables are never Python strings
-    assert {name for name in full if not name.startswith("variable_")} <= set(headers)
+    others = {name for name in full if not name.startswith("variable_")}
+    kept_others = others & set(headers)
+    assert len(kept_others) < len(others) / 2  # nor most other headers
+    # ... but every one that build() or the engine reads is there, with its value
+    assert {"Event-Name", "Unique-ID", "Event-Sequence", "Caller-Caller-ID-Number", "Core-UUID"} <= kept_others
+    assert kept_others == others & builder.headers_read
+    assert all(headers[name] == full[name] for name in headers)
     assert json.loads(details) == {name[len("variable_"):]: full[name] if not builder.is_secret(name[9:]) else MASK
                                    for name in variables}
 

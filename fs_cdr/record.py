@@ -410,6 +410,11 @@ class RecordBuilder:
 
     def _finish(self, record: CallRecord) -> None:
         """Make every text value storable and masked, and cut bounded columns to their size."""
+        texts = [value for value in record.values() if type(value) is str]
+        joined = "".join(texts)
+        if joined.isascii() and "\x00" not in joined and "=" not in joined and \
+                max(map(len, texts), default=0) <= SHORT_LIMIT:
+            return  # the usual hangup: nothing to replace, mask or cut, found in a few C-speed passes
         uuid = self.mask_assignments(clean_text(str(record["uuid"])))  # as log lines show it
         limits = _LIMITS
         for name, value in record.items():

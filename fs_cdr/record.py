@@ -199,6 +199,14 @@ class RecordBuilder:
         #: The compiled split's plans, by the hash of a header layout (see _split_plan).
         self._split_plans: dict[int, tuple[bytes, Optional[bytes], Optional[tuple[str, ...]]]] = {}
         self._split_hints = self._ascii_hints()
+        #: Per ``fields`` entry: (column, its standard column's kind or None, the spec, and for a plain
+        #: ``column:variable`` entry the variable's key, its name and whether it is a secret).
+        self._field_plan = tuple(
+            (spec.column, _KINDS.get(spec.column), spec) + (
+                (VARIABLE_PREFIX + spec.parts[1], spec.parts[1], self.is_secret(spec.parts[1]))
+                if len(spec.parts) == 3 and not spec.parts[0] and not spec.parts[2] else (None, None, False))
+            for spec in self.fields
+        )
         #: The channel variables and the other headers build() reads: the split makes Python strings
         #: of these alone (a hangup has ~100 other headers and ~200 variables; details are text).
         self.reads, self.headers_read = self._read_variables()
@@ -375,11 +383,25 @@ class RecordBuilder:
             "core_uuid": header(headers, "Core-UUID"),
         }
         if self.fields:
-            lookup = self._lookup(headers)
-            for spec in self.fields:
-                value = spec.value(lookup)
-                kind = _KINDS.get(spec.column)
-                record[spec.column] = _as_kind(value, kind) if kind else value
+            get, lookup = headers.get, None
+            for column, kind, spec, key, name, secret in self._field_plan:
+                if key is None:  # a template: FieldSpec.value does the work
+                    if lookup is None:
+                        lookup = self._lookup(headers)
+                    value = spec.value(lookup)
+                else:  # column:variable, what _lookup and FieldSpec.value do, without their calls
+                    value = get(key)
+                    if value is None:
+                        value = get(name)
+                    if value is not None:
+                        if secret:
+                            self.masked += 1
+                            value = MASK
+                        elif value.__class__ is not str:
+                            value = as_text(value)
+                    if spec.numeric:
+                        value = to_number(value)
+                record[column] = _as_kind(value, kind) if kind else value
         return record, start, end
 
     def _describe(self, headers: Headers) -> str:

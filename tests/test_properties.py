@@ -57,6 +57,7 @@ PLAN = {
     "parse_field_any": 1200,
     "parse_field_round_trip": 600,
     "template_model": 600,
+    "plain_field_is_its_template": 600,
     "to_number_any": 800,
     "to_number_numbers": 600,
     "parse_config_any": 1000,
@@ -446,6 +447,38 @@ def test_a_template_is_its_pieces_joined_or_null_when_no_variable_is_set(pieces,
     else:
         model = None
     assert spec.value(lookup_in(channel)) == (to_number(model) if numeric else model)
+
+
+#: ``column:variable`` entries take a shortcut in RecordBuilder._columns; each must give what the
+#: template ``${variable}${a variable never set}`` gives through FieldSpec.value (the same value, or
+#: NULL when it is unset), secrets, arrays, a plain header of that name, numbers and all.
+UNSET = "${fs_cdr_test_never_set}"
+PAIRED_FIELDS = [entry for name in ("v", "sip_auth_password", "Hangup-Cause", "variable_x") for entry in (
+    f"p_{name.replace('-', '_').lower()}:{name}", f"t_{name.replace('-', '_').lower()}:${{{name}}}{UNSET}",
+    f"number:pn_{name.replace('-', '_').lower()}:{name}",
+    f"number:tn_{name.replace('-', '_').lower()}:${{{name}}}{UNSET}")]
+PAIRED_BUILDER = RecordBuilder(parse_config({"cdr": {"log": True, "fields": PAIRED_FIELDS}}))
+RECORDED_LEGS = [event for event in HANGUP_EVENTS if PAIRED_BUILDER.build(dict(event)) is not None]
+
+
+@cases("plain_field_is_its_template")
+@given(st.sampled_from(range(len(RECORDED_LEGS))),
+       st.dictionaries(st.sampled_from(["variable_v", "v", "variable_sip_auth_password", "Hangup-Cause",
+                                        "variable_Hangup-Cause", "variable_variable_x", "variable_x"]),
+                       json_value | number_text, max_size=5))
+def test_a_plain_field_gives_what_its_one_piece_template_gives(index, changes) -> None:
+    RAN["plain_field_is_its_template"] += 1
+    headers = dict(RECORDED_LEGS[index])
+    for name in ("variable_sip_auth_password", "Hangup-Cause", "variable_hangup_cause"):
+        headers.pop(name, None)
+    headers.update(changes)
+    record = PAIRED_BUILDER.build(headers)
+    assert record is not None
+    for entry in PAIRED_FIELDS[::2]:
+        plain = entry.split(":")[-2]
+        assert record[plain] == record["t" + plain[1:]], (entry, record[plain], record["t" + plain[1:]])
+    if changes.get("variable_sip_auth_password") is not None:
+        assert record["p_sip_auth_password"] == record["t_sip_auth_password"] == "***"
 
 
 @cases("to_number_any")

@@ -270,8 +270,8 @@ class RecordBuilder:
 
     def _split_plan(self, layout: bytes) -> tuple[bytes, Optional[bytes], Optional[tuple[str, ...]]]:
         """What the split needs of a header layout (each key after a '"'): a flag byte per header (1:
-        a secret variable, 2: read by build() or the engine) and the keys as str, made once. No flags (the Python
-        path) when a variable's name repeats: JSON's last-wins would reorder ``details``."""
+        a secret variable, 2: read by build() or the engine) and the keys as str, made once. No flags
+        (the Python path) when a variable's name repeats: JSON's last-wins would reorder ``details``."""
         keys = layout.decode("utf-8").split('"')[1:]
         names = [key[len(VARIABLE_PREFIX):] for key in keys if key.startswith(VARIABLE_PREFIX)]
         if len(set(names)) != len(names):

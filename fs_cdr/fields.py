@@ -96,14 +96,21 @@ class FieldSpec:
     def variables(self) -> tuple[str, ...]:
         return self.parts[1::2]
 
+    @property
+    def plain(self) -> Optional[str]:
+        """The variable of a plain ``column:variable`` entry (or ``${variable}`` alone), else None."""
+        parts = self.parts
+        return parts[1] if len(parts) == 3 and not parts[0] and not parts[2] else None
+
     def value(self, lookup: Lookup) -> Value:
         """Evaluate against a channel: ``lookup(name)`` returns the variable or ``None``.
 
         A template whose variables are all unset is NULL, not the bare literal text.
         """
         parts = self.parts
-        if len(parts) == 3 and not parts[0] and not parts[2]:
-            text = lookup(parts[1])
+        plain = self.plain
+        if plain is not None:
+            text = lookup(plain)
         else:
             pieces = []
             seen = False

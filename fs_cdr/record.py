@@ -202,9 +202,9 @@ class RecordBuilder:
         #: Per ``fields`` entry: (column, its standard column's kind or None, the spec, and for a plain
         #: ``column:variable`` entry the variable's key, its name and whether it is a secret).
         self._field_plan = tuple(
-            (spec.column, _KINDS.get(spec.column), spec) + (
-                (VARIABLE_PREFIX + spec.parts[1], spec.parts[1], self.is_secret(spec.parts[1]))
-                if len(spec.parts) == 3 and not spec.parts[0] and not spec.parts[2] else (None, None, False))
+            (spec.column, _KINDS.get(spec.column), spec)
+            + ((VARIABLE_PREFIX + spec.plain, spec.plain, self.is_secret(spec.plain)) if spec.plain is not None
+               else (None, None, False))
             for spec in self.fields
         )
         #: The channel variables and the other headers build() reads: the split makes Python strings

@@ -1,4 +1,5 @@
-"""The one compiled part of fs_cdr: fs_cdr._hangup, a fast path for splitting hangup events.
+"""The one compiled part of fs_cdr: fs_cdr._hangup, the fast path for splitting hangup events and
+building their records' columns.
 
 Optional: where it cannot be built (no compiler, no Python headers) fs_cdr installs without it and
 decodes every event in Python (``python fs_cdr status`` shows which path runs). Everything else is in

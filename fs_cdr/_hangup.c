@@ -1,4 +1,5 @@
-/* fs_cdr._hangup: split a serialized hangup event without a Python object per channel variable.
+/* fs_cdr._hangup: split a serialized hangup event without a Python object per channel variable
+ * (split), and build the record's columns from the headers read (columns, further below).
  *
  * A CHANNEL_HANGUP_COMPLETE event serialized by FreeSWITCH is one flat JSON object of ~250 string
  * headers, ~200 of them channel variables ("variable_<name>"). Decoding it whole makes ~500 Python
@@ -596,6 +597,447 @@ done:
     return result;
 }
 
+/* ---- columns(): the record builder's standard columns and plain fields ----------------------------
+ *
+ * RecordBuilder._columns and _finish's test, in C, for a headers dict (the split's, or a decoded
+ * event's). It mirrors the Python code line for line: each column is the first of its sources that is
+ * not empty, or the last source's value when none is (Python's `or`); a channel variable is
+ * variable_<name>, else a header <name> (channel.variable). Numbers take to_number's own fast case
+ * here and call to_number for anything else, so every odd value gets Python's answer. A value that is
+ * not a str (a hand-made event, an array header among those read) returns None: the Python path.
+ * tests/test_hangup_split.py compares the two on every event it generates.
+ */
+
+enum {
+    /* headers */
+    H_CREATED, H_ANSWERED, H_HUNG_UP, H_EVENT_DATE, H_OTHER_TYPE, H_OTHER_LEG, H_CALL_UUID, H_DIRECTION,
+    H_CID_NAME, H_CID_NUMBER, H_CALLEE_NUMBER, H_DESTINATION, H_CONTEXT, H_CHANNEL_NAME, H_HANGUP_CAUSE,
+    H_SWITCHNAME, H_HOSTNAME, H_CORE_UUID,
+    /* channel variables: each is two keys, variable_<name> at V_x and <name> at V_x + 1 */
+    V_START = H_CORE_UUID + 1, V_ANSWER = V_START + 2, V_END = V_ANSWER + 2, V_DURATION = V_END + 2,
+    V_BILLSEC = V_DURATION + 2, V_ORIGINATOR = V_BILLSEC + 2, V_CALL_UUID = V_ORIGINATOR + 2,
+    V_DIRECTION = V_CALL_UUID + 2, V_ACCOUNT = V_DIRECTION + 2, V_GATEWAY = V_ACCOUNT + 2,
+    V_DIALED_USER = V_GATEWAY + 2, V_USER_NAME = V_DIALED_USER + 2, V_CID_NAME = V_USER_NAME + 2,
+    V_CID_NUMBER = V_CID_NAME + 2, V_CALLEE_NUMBER = V_CID_NUMBER + 2, V_DESTINATION = V_CALLEE_NUMBER + 2,
+    V_CONTEXT = V_DESTINATION + 2, V_CHANNEL_NAME = V_CONTEXT + 2, V_BRIDGE_UUID = V_CHANNEL_NAME + 2,
+    V_LAST_BRIDGE_TO = V_BRIDGE_UUID + 2, V_CALL_SOURCE = V_LAST_BRIDGE_TO + 2, V_SOURCE_NAME = V_CALL_SOURCE + 2,
+    V_SOURCE_NUMBER = V_SOURCE_NAME + 2, V_DIAL_NUMBER = V_SOURCE_NUMBER + 2, V_LINE_GROUP = V_DIAL_NUMBER + 2,
+    V_HANGUP_CAUSE = V_LINE_GROUP + 2,
+    KEY_COUNT = V_HANGUP_CAUSE + 2
+};
+
+static const char *const key_names[KEY_COUNT] = {
+    "Caller-Channel-Created-Time", "Caller-Channel-Answered-Time", "Caller-Channel-Hangup-Time",
+    "Event-Date-Timestamp", "Other-Type", "Other-Leg-Unique-ID", "Channel-Call-UUID", "Call-Direction",
+    "Caller-Caller-ID-Name", "Caller-Caller-ID-Number", "Caller-Callee-ID-Number", "Caller-Destination-Number",
+    "Caller-Context", "Channel-Name", "Hangup-Cause", "FreeSWITCH-Switchname", "FreeSWITCH-Hostname", "Core-UUID",
+    PREFIX "start_epoch", "start_epoch", PREFIX "answer_epoch", "answer_epoch", PREFIX "end_epoch", "end_epoch",
+    PREFIX "duration", "duration", PREFIX "billsec", "billsec", PREFIX "originator", "originator",
+    PREFIX "call_uuid", "call_uuid", PREFIX "direction", "direction", PREFIX "account", "account",
+    PREFIX "sip_gateway_name", "sip_gateway_name", PREFIX "dialed_user", "dialed_user",
+    PREFIX "user_name", "user_name", PREFIX "caller_id_name", "caller_id_name",
+    PREFIX "caller_id_number", "caller_id_number", PREFIX "callee_id_number", "callee_id_number",
+    PREFIX "destination_number", "destination_number", PREFIX "context", "context",
+    PREFIX "channel_name", "channel_name", PREFIX "bridge_uuid", "bridge_uuid",
+    PREFIX "last_bridge_to", "last_bridge_to", PREFIX "call_source", "call_source",
+    PREFIX "source_name", "source_name", PREFIX "source_number", "source_number",
+    PREFIX "dial_number", "dial_number", PREFIX "cti_line_group_name", "cti_line_group_name",
+    PREFIX "hangup_cause", "hangup_cause",
+};
+
+/* The record's standard columns, in record.RecordBuilder._columns' order. */
+enum {
+    C_UUID, C_LEG, C_CALL_UUID, C_DIRECTION, C_ACCOUNT, C_CID_NAME, C_CID_NUMBER, C_CALLEE_NUMBER, C_DESTINATION,
+    C_CONTEXT, C_CHANNEL_NAME, C_ORIGINATOR, C_BRIDGE_UUID, C_CALL_SOURCE, C_SOURCE_NAME, C_SOURCE_NUMBER,
+    C_DIAL_NUMBER, C_LINE_GROUP, C_START, C_ANSWER, C_END, C_DURATION, C_BILLSEC, C_HANGUP_CAUSE, C_SWITCHNAME,
+    C_CORE_UUID, COLUMN_COUNT
+};
+
+static const char *const column_names[COLUMN_COUNT] = {
+    "uuid", "leg", "call_uuid", "direction", "account", "caller_id_name", "caller_id_number", "callee_id_number",
+    "destination_number", "context", "channel_name", "originator", "bridge_uuid", "call_source", "source_name",
+    "source_number", "dial_number", "cti_line_group_name", "start_epoch", "answer_epoch", "end_epoch", "duration",
+    "billsec", "hangup_cause", "switchname", "core_uuid",
+};
+
+static PyObject *keys[KEY_COUNT], *columns_keys[COLUMN_COUNT], *leg_a, *leg_b, *originator_text, *mask_text;
+static PyObject *million;
+
+/* The longest value the record builder leaves alone without a closer look (schema.SHORT_LIMIT). */
+#define SHORT_LIMIT 64
+
+/* Kinds of a fields entry's column (record._as_kind): not a standard column, an integer one, a text one. */
+#define KIND_NONE 0
+#define KIND_INT 1
+#define KIND_TEXT 2
+
+/* A sentinel: the event holds something only the Python path handles. */
+static PyObject not_here_object;
+#define NOT_HERE (&not_here_object)
+
+/* headers[key] as channel.header gives it (borrowed; NULL for missing or None), or NOT_HERE. */
+static PyObject *header_of(PyObject *headers, int key)
+{
+    PyObject *value = PyDict_GetItemWithError(headers, keys[key]);
+    if (!value || value == Py_None)
+        return NULL;  /* an error here is a str key's hash: none can happen */
+    return PyUnicode_Check(value) ? value : NOT_HERE;
+}
+
+/* channel.variable: variable_<name>, else <name> (borrowed; NULL for neither), or NOT_HERE. */
+static PyObject *variable_of(PyObject *headers, int key)
+{
+    PyObject *value = PyDict_GetItemWithError(headers, keys[key]);
+    if (!value || value == Py_None)
+        value = PyDict_GetItemWithError(headers, keys[key + 1]);
+    if (!value || value == Py_None)
+        return NULL;
+    return PyUnicode_Check(value) ? value : NOT_HERE;
+}
+
+static int truthy_text(PyObject *text)
+{
+    return text && PyUnicode_GET_LENGTH(text) > 0;
+}
+
+/* Python's `a or b` over text found (NULL: None): a when it is not empty, else b. */
+#define EITHER(a, b) (truthy_text(a) ? (a) : (b))
+#define CHECK(value) do { if ((value) == NOT_HERE) goto python; } while (0)
+
+/* fields.to_number: its own fast case (ASCII digits, shorter than 19) here, the rest by calling it. */
+static PyObject *number_of(PyObject *text, PyObject *to_number)
+{
+    if (!text)
+        Py_RETURN_NONE;
+    if (PyUnicode_Check(text) && PyUnicode_IS_ASCII(text)) {
+        Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+        const Py_UCS1 *digits = PyUnicode_1BYTE_DATA(text);
+        if (length >= 1 && length < 19) {
+            long long number = 0;
+            Py_ssize_t k = 0;
+            for (; k < length && digits[k] >= '0' && digits[k] <= '9'; k++)
+                number = number * 10 + (digits[k] - '0');
+            if (k == length)
+                return PyLong_FromLongLong(number);
+        }
+    }
+    return PyObject_CallOneArg(to_number, text);
+}
+
+static int truthy_number(PyObject *number)
+{
+    return number != Py_None && PyObject_IsTrue(number) == 1;
+}
+
+/* record._int64 for a difference of two ints: the number, or None beyond a signed 64-bit column. */
+static PyObject *difference(PyObject *end, PyObject *start)
+{
+    int overflow = 0;
+    PyObject *found = PyNumber_Subtract(end, start);
+    if (!found)
+        return NULL;
+    PyLong_AsLongLongAndOverflow(found, &overflow);
+    if (overflow) {
+        Py_DECREF(found);
+        Py_RETURN_NONE;
+    }
+    return found;
+}
+
+/* record._seconds: a microsecond header as whole seconds (new reference; None when it is not an int). */
+static PyObject *seconds_of(PyObject *micro_text, PyObject *to_number)
+{
+    PyObject *micro = number_of(micro_text, to_number), *seconds;
+    if (!micro)
+        return NULL;
+    if (!PyLong_Check(micro)) {
+        Py_DECREF(micro);
+        Py_RETURN_NONE;
+    }
+    seconds = PyNumber_FloorDivide(micro, million);
+    Py_DECREF(micro);
+    return seconds;
+}
+
+/* record._epoch: a *_epoch variable if it is an int, else the microsecond header's seconds. */
+static PyObject *epoch_of(PyObject *variable_text, PyObject *micro_text, PyObject *to_number)
+{
+    PyObject *seconds = number_of(variable_text, to_number);
+    if (!seconds || PyLong_Check(seconds))
+        return seconds;
+    Py_DECREF(seconds);
+    return seconds_of(micro_text, to_number);
+}
+
+/* record._as_kind (new reference). */
+static PyObject *as_kind(PyObject *value, int kind, PyObject *to_number)
+{
+    if (kind == KIND_INT) {
+        PyObject *number;
+        int overflow = 0;
+        if (PyUnicode_Check(value))
+            number = number_of(value, to_number);
+        else {
+            number = value;
+            Py_INCREF(number);
+        }
+        if (!number)
+            return NULL;
+        if (PyFloat_Check(number)) {
+            PyObject *whole = PyNumber_Long(number);
+            Py_DECREF(number);
+            if (!whole)
+                return NULL;
+            number = whole;
+        }
+        if (PyLong_Check(number)) {
+            PyLong_AsLongLongAndOverflow(number, &overflow);
+            if (!overflow)
+                return number;
+        }
+        Py_DECREF(number);
+        Py_RETURN_NONE;
+    }
+    if (kind == KIND_TEXT && (PyLong_Check(value) || PyFloat_Check(value)))
+        return PyObject_Str(value);
+    Py_INCREF(value);
+    return value;
+}
+
+/* Sets record[name] = value, stealing value (NULL: an error already raised). */
+static int set_column(PyObject *record, PyObject *name, PyObject *value)
+{
+    int failed;
+    if (!value)
+        return -1;
+    failed = PyDict_SetItem(record, name, value);
+    Py_DECREF(value);
+    return failed;
+}
+
+static PyObject *text_or_none(PyObject *text)
+{
+    PyObject *value = text ? text : Py_None;
+    Py_INCREF(value);
+    return value;
+}
+
+/* _finish's test: every str value (exactly str) is ASCII, without NUL or '=', at most SHORT_LIMIT long. */
+static int plain_record(PyObject *record)
+{
+    Py_ssize_t position = 0;
+    PyObject *name, *value;
+    while (PyDict_Next(record, &position, &name, &value)) {
+        Py_ssize_t length;
+        const char *data;
+        if (!PyUnicode_CheckExact(value))
+            continue;
+        if (!PyUnicode_IS_ASCII(value))
+            return 0;
+        length = PyUnicode_GET_LENGTH(value);
+        data = (const char *)PyUnicode_1BYTE_DATA(value);
+        if (length > SHORT_LIMIT || memchr(data, '\0', length) || memchr(data, '=', length))
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *columns(PyObject *module, PyObject *args)
+{
+    PyObject *headers, *uuid, *to_number, *fields;
+    PyObject *record = NULL, *start = NULL, *answer = NULL, *end = NULL, *duration = NULL, *billsec = NULL;
+    PyObject *result = NULL, *originator, *text[COLUMN_COUNT];
+    PyObject *v[KEY_COUNT];
+    long masked = 0;
+    int b_leg;
+
+    if (!PyArg_ParseTuple(args, "O!U(OO!):columns", &PyDict_Type, &headers, &uuid, &to_number, &PyTuple_Type,
+                          &fields))
+        return NULL;
+
+    /* every lookup _columns makes, in its order (none waits on a value found: see _read_variables) */
+    for (int k = 0; k < V_START; k++) {
+        v[k] = header_of(headers, k);
+        CHECK(v[k]);
+    }
+    for (int k = V_START; k < KEY_COUNT; k += 2) {
+        v[k] = variable_of(headers, k);
+        CHECK(v[k]);
+    }
+
+    start = epoch_of(v[V_START], v[H_CREATED], to_number);
+    if (!start)
+        goto done;
+    answer = epoch_of(v[V_ANSWER], v[H_ANSWERED], to_number);
+    if (!answer)
+        goto done;
+    if (!truthy_number(answer)) {  /* `or None` */
+        Py_DECREF(answer);
+        answer = Py_None;
+        Py_INCREF(answer);
+    }
+    end = epoch_of(v[V_END], v[H_HUNG_UP], to_number);
+    if (!end)
+        goto done;
+    if (!truthy_number(end)) {
+        Py_DECREF(end);
+        end = seconds_of(v[H_EVENT_DATE], to_number);
+        if (!end)
+            goto done;
+    }
+    duration = number_of(v[V_DURATION], to_number);
+    if (!duration)
+        goto done;
+    if (!PyLong_Check(duration)) {
+        Py_DECREF(duration);
+        if (truthy_number(end) && truthy_number(start))
+            duration = difference(end, start);
+        else {
+            duration = Py_None;
+            Py_INCREF(duration);
+        }
+        if (!duration)
+            goto done;
+    }
+    billsec = number_of(v[V_BILLSEC], to_number);
+    if (!billsec)
+        goto done;
+    if (!PyLong_Check(billsec)) {
+        Py_DECREF(billsec);
+        if (truthy_number(end) && truthy_number(answer))
+            billsec = difference(end, answer);
+        else
+            billsec = PyLong_FromLong(0);
+        if (!billsec)
+            goto done;
+    }
+    originator = v[V_ORIGINATOR];
+    if (!truthy_text(originator) && v[H_OTHER_TYPE]
+        && PyUnicode_Compare(v[H_OTHER_TYPE], originator_text) == 0)
+        originator = v[H_OTHER_LEG];
+    if (PyErr_Occurred())
+        goto done;
+    b_leg = truthy_text(originator);
+
+    text[C_CALL_UUID] = EITHER(v[H_CALL_UUID], v[V_CALL_UUID]);
+    text[C_DIRECTION] = EITHER(v[V_DIRECTION], v[H_DIRECTION]);
+    {  /* record._account: account, sip_gateway_name, then the dialled or the authenticated user by leg */
+        PyObject *first = b_leg ? v[V_DIALED_USER] : v[V_USER_NAME];
+        PyObject *second = b_leg ? v[V_USER_NAME] : v[V_DIALED_USER];
+        PyObject *found = EITHER(v[V_ACCOUNT], v[V_GATEWAY]);
+        text[C_ACCOUNT] = truthy_text(found) ? found : EITHER(first, second);
+    }
+    text[C_CID_NAME] = EITHER(v[H_CID_NAME], v[V_CID_NAME]);
+    text[C_CID_NUMBER] = EITHER(v[H_CID_NUMBER], v[V_CID_NUMBER]);
+    text[C_CALLEE_NUMBER] = EITHER(v[H_CALLEE_NUMBER], v[V_CALLEE_NUMBER]);
+    text[C_DESTINATION] = EITHER(v[H_DESTINATION], v[V_DESTINATION]);
+    text[C_CONTEXT] = EITHER(v[H_CONTEXT], v[V_CONTEXT]);
+    text[C_CHANNEL_NAME] = EITHER(v[H_CHANNEL_NAME], v[V_CHANNEL_NAME]);
+    text[C_ORIGINATOR] = b_leg ? originator : NULL;
+    text[C_BRIDGE_UUID] = EITHER(v[V_BRIDGE_UUID], v[V_LAST_BRIDGE_TO]);
+    text[C_CALL_SOURCE] = v[V_CALL_SOURCE];
+    text[C_SOURCE_NAME] = v[V_SOURCE_NAME];
+    text[C_SOURCE_NUMBER] = v[V_SOURCE_NUMBER];
+    text[C_DIAL_NUMBER] = v[V_DIAL_NUMBER];
+    text[C_LINE_GROUP] = v[V_LINE_GROUP];
+    text[C_HANGUP_CAUSE] = EITHER(v[V_HANGUP_CAUSE], v[H_HANGUP_CAUSE]);
+    text[C_SWITCHNAME] = EITHER(v[H_SWITCHNAME], v[H_HOSTNAME]);
+    text[C_CORE_UUID] = v[H_CORE_UUID];
+
+#if PY_VERSION_HEX < 0x030D0000
+    record = _PyDict_NewPresized(COLUMN_COUNT + PyTuple_GET_SIZE(fields));
+#else
+    record = PyDict_New();
+#endif
+    if (!record)
+        goto done;
+    for (int column = 0; column < COLUMN_COUNT; column++) {
+        PyObject *value;
+        switch (column) {
+        case C_UUID: value = uuid; break;
+        case C_LEG: value = b_leg ? leg_b : leg_a; break;
+        case C_START: value = start; break;
+        case C_ANSWER: value = answer; break;
+        case C_END: value = end; break;
+        case C_DURATION: value = duration; break;
+        case C_BILLSEC: value = billsec; break;
+        default: value = text[column] ? text[column] : Py_None; break;
+        }
+        if (PyDict_SetItem(record, columns_keys[column], value) < 0)
+            goto done;
+    }
+
+    /* fields: (column, kind, key, name, secret, numeric) per entry, key None for a template (its
+     * column is placed here, with None, and the caller evaluates it) */
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(fields); k++) {
+        PyObject *entry = PyTuple_GET_ITEM(fields, k), *column, *key, *name, *value, *found;
+        long kind;
+        int secret, numeric;
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 6 || !PyUnicode_Check(PyTuple_GET_ITEM(entry, 0))
+            || !PyLong_Check(PyTuple_GET_ITEM(entry, 1))) {
+            PyErr_SetString(PyExc_TypeError, "fields: (column, kind, key, name, secret, numeric) per entry");
+            goto done;
+        }
+        column = PyTuple_GET_ITEM(entry, 0);
+        kind = PyLong_AsLong(PyTuple_GET_ITEM(entry, 1));
+        key = PyTuple_GET_ITEM(entry, 2);
+        name = PyTuple_GET_ITEM(entry, 3);
+        secret = PyTuple_GET_ITEM(entry, 4) == Py_True;
+        numeric = PyTuple_GET_ITEM(entry, 5) == Py_True;
+        if (key == Py_None) {
+            if (!PyDict_SetDefault(record, column, Py_None))
+                goto done;
+            continue;
+        }
+        value = PyDict_GetItemWithError(headers, key);
+        if (!value || value == Py_None)
+            value = PyDict_GetItemWithError(headers, name);
+        if (value == Py_None)
+            value = NULL;
+        if (value) {
+            if (secret) {
+                masked++;
+                value = mask_text;
+            }
+            else if (!PyUnicode_CheckExact(value))
+                goto python;
+        }
+        if (numeric)
+            found = number_of(value, to_number);
+        else
+            found = text_or_none(value);
+        if (!found)
+            goto done;
+        if (kind != KIND_NONE) {
+            PyObject *kept = as_kind(found, kind, to_number);
+            Py_DECREF(found);
+            found = kept;
+        }
+        if (set_column(record, column, found) < 0)
+            goto done;
+    }
+    result = Py_BuildValue("(OOOlO)", record, start, end, masked, plain_record(record) ? Py_True : Py_False);
+    goto done;
+python:
+    result = none();
+done:
+    Py_XDECREF(record);
+    Py_XDECREF(start);
+    Py_XDECREF(answer);
+    Py_XDECREF(end);
+    Py_XDECREF(duration);
+    Py_XDECREF(billsec);
+    return result;
+}
+
+PyDoc_STRVAR(columns_doc,
+"columns(headers, uuid, (to_number, fields)) -> None | (record, start, end, masked, plain)\n\n"
+"RecordBuilder._columns for a dict of headers: the record's standard columns and fields, its start\n"
+"and end times, how many secret fields were masked, and whether every text value passes _finish's\n"
+"test (ASCII, no NUL or '=', at most 64 characters). `fields`: (column, kind, key, name, secret,\n"
+"numeric) per entry (kind 0: not a standard column, 1: an integer one, 2: a text one; key None: a\n"
+"template, placed as None for the caller to fill). None: a value only the Python path handles.");
+
 PyDoc_STRVAR(split_doc,
 "split(text, plans, hints, details) -> None | (headers, layout_hash, details) | (None, layout, layout_hash)\n\n"
 "A serialized event (str or UTF-8 bytes) as the headers the record builder reads and its channel\n"
@@ -609,16 +1051,28 @@ PyDoc_STRVAR(split_doc,
 
 static PyMethodDef methods[] = {
     {"split", split, METH_VARARGS, split_doc},
+    {"columns", columns, METH_VARARGS, columns_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "fs_cdr._hangup",
-    "Split a serialized hangup event without a Python object per channel variable.", -1, methods,
+    "Split a serialized hangup event without a Python object per channel variable; build its columns.", -1,
+    methods,
     NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__hangup(void)
 {
+    for (int k = 0; k < KEY_COUNT; k++)
+        if (!(keys[k] = PyUnicode_InternFromString(key_names[k])))
+            return NULL;
+    for (int k = 0; k < COLUMN_COUNT; k++)
+        if (!(columns_keys[k] = PyUnicode_InternFromString(column_names[k])))
+            return NULL;
+    if (!(leg_a = PyUnicode_InternFromString("a")) || !(leg_b = PyUnicode_InternFromString("b"))
+        || !(originator_text = PyUnicode_InternFromString("originator"))
+        || !(mask_text = PyUnicode_InternFromString(MASK)) || !(million = PyLong_FromLong(1000000)))
+        return NULL;
     return PyModule_Create(&module);
 }

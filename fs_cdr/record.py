@@ -187,7 +187,8 @@ ENGINE_HEADERS = frozenset({
 class RecordBuilder:
     """Turns hangup events into records for one configuration (built again on reload)."""
 
-    def __init__(self, config: CdrConfig) -> None:
+    def __init__(self, config: CdrConfig, compiled: bool = True) -> None:
+        """``compiled``: use fs_cdr._hangup where it is built (False: the Python reference, for tests)."""
         self.config = config
         self.fields = config.fields
         patterns = [pattern.lower() for pattern in config.secret_variables]
@@ -207,6 +208,11 @@ class RecordBuilder:
                else (None, None, False))
             for spec in self.fields
         )
+        #: What fs_cdr._hangup.columns needs to do _columns' work in C (None: _columns does it), and the
+        #: template fields it leaves to Python.
+        self._compiled = self._columns_plan() if compiled and _hangup is not None else None
+        self._templates = tuple((column, kind, spec) for column, kind, spec, key, _, _ in self._field_plan
+                                if key is None)
         #: The channel variables and the other headers build() reads: the split makes Python strings
         #: of these alone (a hangup has ~100 other headers and ~200 variables; details are text).
         self.reads, self.headers_read = self._read_variables()
@@ -320,8 +326,22 @@ class RecordBuilder:
             raise ValueError(f"event has no Unique-ID: cannot key a record ({self._describe(headers)})")
         if not wanted(headers, self.config.process_cdr, self.config.skip_variable):
             return None
-        record, start, end = self._columns(headers, uuid)
-        self._finish(record)
+        found = _hangup.columns(headers, uuid, self._compiled) \
+            if self._compiled is not None and headers.__class__ is dict else None
+        if found is None:
+            record, start, end = self._columns(headers, uuid)
+            self._finish(record)
+        else:  # the same, in C; template fields are evaluated here
+            record, start, end, masked, plain = found
+            self.masked += masked
+            if self._templates:
+                lookup = self._lookup(headers)
+                for column, kind, spec in self._templates:
+                    value = spec.value(lookup)
+                    record[column] = _as_kind(value, kind) if kind else value
+                plain = False
+            if not plain:
+                self._finish(record)
         if start is None or end is None:
             missing = " and ".join(name for name, value in (("start", start), ("end", end)) if value is None)
             self.notices.warn("times", "channel %s: the event has no %s time; stored NULL", shown(record["uuid"]),
@@ -403,6 +423,16 @@ class RecordBuilder:
                         value = to_number(value)
                 record[column] = _as_kind(value, kind) if kind else value
         return record, start, end
+
+    def _columns_plan(self) -> tuple[Any, tuple[tuple[Any, ...], ...]]:
+        """What fs_cdr._hangup.columns takes: ``to_number`` (for any number but plain digits) and per
+        ``fields`` entry (column, kind: 0 not a standard column / 1 integer / 2 text, key and name of
+        a plain entry's variable or None for a template, whether it is a secret, whether numeric)."""
+        fields = tuple(
+            (column, 0 if kind is None else 1 if kind == "int" else 2, key, name, secret, spec.numeric)
+            for column, kind, spec, key, name, secret in self._field_plan
+        )
+        return to_number, fields
 
     def _describe(self, headers: Headers) -> str:
         """What identifies an event that cannot be keyed, for the log line that refuses it."""

@@ -13,6 +13,7 @@ import collections
 import json
 import os
 import random
+import weakref
 from typing import Any, Union
 
 import pytest
@@ -37,6 +38,11 @@ def builder(**cdr: Any) -> RecordBuilder:
     return RecordBuilder(parse_config({"cdr": dict({"log": True, "details": True, "fields": FIELDS}, **cdr)}))
 
 
+#: Plain fields only (no template): the compiled columns then also decide that _finish has nothing to do.
+PLAIN_FIELDS = SEED_FIELDS + ["hostile:sip_h_X-Hostile", "number:n:sip_h_X-Hostile", "dial_number:sip_h_X-Hostile",
+                              "number:source_number:sip_h_X-Hostile", "secretfield:sip_auth_password"]
+
+
 #: Configurations whose differences reach the split: details on/off, no secrets, a secret pattern
 #: without a literal hint, a hint that is not ASCII, a_only (the leg rule reads more variables).
 BUILDERS = {
@@ -46,7 +52,17 @@ BUILDERS = {
     "class_pattern": builder(secret_variables=["*pass[wW]ord*"]),
     "non_ascii_hint": builder(secret_variables=["*pässword*", "*token*"]),
     "a_only": builder(process_cdr="a_only", skip_variable="fs_cdr_skip"),
+    "plain_fields": builder(fields=PLAIN_FIELDS),
 }
+#: The Python reference of each builder: no compiled columns (python_path decodes the event in Python too).
+REFERENCES: "weakref.WeakKeyDictionary[RecordBuilder, RecordBuilder]" = weakref.WeakKeyDictionary()
+
+
+def reference(builder: RecordBuilder) -> RecordBuilder:
+    found = REFERENCES.get(builder)
+    if found is None:
+        found = REFERENCES[builder] = RecordBuilder(builder.config, compiled=False)
+    return found
 
 #: Every hangup line of every recording, as FreeSWITCH serialized it.
 RECORDED = [line.rstrip(b"\n") for name in SCENARIOS
@@ -56,7 +72,7 @@ RECORDED = [line.rstrip(b"\n") for name in SCENARIOS
 
 def python_path(builder: RecordBuilder, text: Union[str, bytes]) -> Any:
     try:
-        return builder.build(decode_event(text))
+        return reference(builder).build(decode_event(text))
     except ValueError as error:
         return ValueError(str(error))
 
@@ -80,8 +96,12 @@ def fast_path(builder: RecordBuilder, text: Union[str, bytes]) -> Any:
 
 
 def same(a: Any, b: Any) -> bool:
+    """Equal records: the same columns in the same order, each of the same type (1 == 1.0 == True)."""
     if isinstance(a, ValueError) or isinstance(b, ValueError):
         return type(a) is type(b) and str(a) == str(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [(name, type(value), value) for name, value in a.items()] == \
+            [(name, type(value), value) for name, value in b.items()]
     return a == b
 
 
@@ -349,3 +369,72 @@ def test_the_generated_events_did_exercise_the_split() -> None:
     if GENERATED["events"] < 1000:
         pytest.skip("run with the generated-events test")
     assert GENERATED["split"] > GENERATED["events"] * 0.2, GENERATED
+
+
+# -- the compiled columns on any headers ----------------------------------------------------------
+
+def _keys_read(builder: RecordBuilder) -> list[str]:
+    names = sorted(builder.reads)
+    return sorted(builder.headers_read) + [f"variable_{name}" for name in names] + names
+
+
+#: Values that reach each branch of the columns: empty and missing, every form of number to_number
+#: takes or refuses, a 64-bit overflow, the text the leg rule compares, what _finish must change.
+column_values = st.one_of(
+    st.none(),
+    st.sampled_from(["", "0", "7", "007", "-5", "+5", " 12 ", "1e3", "1.5", "-1.5e300", "12x", "1_000", "١٢",
+                     "999999999999999999", "9223372036854775807", "9223372036854775808", "-9223372036854775808",
+                     "99999999999999999999999999", "1795746290", "1795746290000000", "originator", "Originator",
+                     "a=b", "x\x00y", "é", "\ud800", "sip_auth_password=s3cret", "y" * 64, "y" * 65, "z" * 300]),
+    st.text(max_size=6),
+)
+#: What only the Python path takes: array headers, values a hand-made event may hold.
+odd_values = st.one_of(st.lists(st.sampled_from(["a", "", "b=c"]), max_size=2), st.integers(-3, 3))
+COMPILED = collections.Counter()
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(BUILDERS)), st.data())
+def test_the_compiled_columns_give_the_python_record_for_any_headers(name: str, data: Any) -> None:
+    """fs_cdr._hangup.columns against RecordBuilder._columns and _finish, on headers (a decoded
+    event, not only the split's) holding any mix of the values each column treats differently."""
+    builder = BUILDERS[name]
+    python = reference(builder)
+    keys = _keys_read(python)
+    headers = data.draw(st.dictionaries(st.sampled_from(keys), column_values, max_size=len(keys)))
+    headers.update(data.draw(st.dictionaries(st.sampled_from(keys), odd_values, max_size=1)))
+    headers.setdefault("Unique-ID", data.draw(st.sampled_from(["u-1", "", "é=1"])))
+    COMPILED["events"] += 1
+    if record_module._hangup.columns(headers, "u", builder._compiled) is not None:
+        COMPILED["compiled"] += 1
+    counts = [(found.masked, found.truncated, found.replaced) for found in (builder, python)]
+    def built(found: RecordBuilder) -> Any:
+        try:
+            return found.build(headers)
+        except ValueError as error:
+            return ValueError(str(error))
+
+    fast, slow = built(builder), built(python)
+    assert same(fast, slow)
+    changed = [(found.masked - masked, found.truncated - truncated, found.replaced - replaced)
+               for found, (masked, truncated, replaced) in zip((builder, python), counts)]
+    assert changed[0] == changed[1]
+
+
+def test_the_compiled_columns_take_the_usual_hangup_and_leave_odd_values_to_python() -> None:
+    """The recorded hangups are built in C (and a test above finds them equal); a value that is not
+    text among those read sends the event to _columns."""
+    builder = BUILDERS["plain_fields"]
+    event = decode_event(LINE)
+    uuid = event["Unique-ID"]
+    found = record_module._hangup.columns(event, uuid, builder._compiled)
+    assert found is not None and found[0]["uuid"] == uuid and found[4] is True
+    assert record_module._hangup.columns(dict(event, **{"Channel-Name": ["a", "b"]}), uuid, builder._compiled) is None
+    record = builder.build(dict(event, **{"Channel-Name": ["a", "b"]}))
+    assert record is not None and record["channel_name"] == "a|b"
+
+
+def test_the_generated_headers_did_exercise_the_compiled_columns() -> None:
+    if COMPILED["events"] < 1000:
+        pytest.skip("run with the generated-headers test")
+    assert COMPILED["compiled"] > COMPILED["events"] * 0.3, COMPILED

@@ -12,9 +12,20 @@ from fs_cdr.fields import lookup_in, parse_field, to_number
 from fs_cdr.record import RecordBuilder
 
 
+#: Whether builder() makes a builder with the compiled columns (fs_cdr._hangup) or the Python ones.
+COMPILED = [True]
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def columns_path(request: pytest.FixtureRequest) -> None:
+    """Every test here runs against both ways of building the columns (the compiled one is used
+    where fs_cdr._hangup is built; the Python one everywhere else and for any odd value)."""
+    COMPILED[0] = request.param == "compiled"
+
+
 def builder(**cdr) -> RecordBuilder:
     cdr.setdefault("log", True)
-    return RecordBuilder(parse_config({"cdr": cdr}))
+    return RecordBuilder(parse_config({"cdr": cdr}), compiled=COMPILED[0])
 
 
 def records(scenario: str, **cdr) -> dict[str, dict]:

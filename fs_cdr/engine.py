@@ -65,6 +65,8 @@ class Engine:
         #: Serialized hangups split by the compiled fast path, and those decoded whole in Python.
         self.split = 0
         self.decoded = 0
+        #: Records whose columns fs_cdr._hangup built, by the builders a reload replaced.
+        self._built_before = 0
         self.reloads = 0
         self.shutting_down = False
         self._swap = threading.Lock()
@@ -193,6 +195,7 @@ class Engine:
             probe_config(config)
         if _sink_shape(config) == _sink_shape(self.config):
             with self._swap:
+                self._built_before += self.builder.built_in_c
                 self.config, self.builder, self.updates = config, RecordBuilder(config), UpdateBuilder(config)
             self.reloads += 1
             return "configuration reloaded (same sinks)"
@@ -202,6 +205,7 @@ class Engine:
             for lane in self.lanes:
                 lane.stop(timeout_s=1.0)
             self.lanes = self.lane_factory(config)
+            self._built_before += self.builder.built_in_c
             self.config, self.builder, self.updates = config, RecordBuilder(config), UpdateBuilder(config)
             self.guard.window_s = config.durable_window_ms / 1000.0
             for lane in self.lanes:
@@ -245,7 +249,8 @@ class Engine:
             "real": self.config.real,
             "skipped": self.skipped,
             "malformed": self.malformed,
-            "fast_path": {"compiled": compiled_split(), "split": self.split, "decoded": self.decoded},
+            "fast_path": {"compiled": compiled_split(), "split": self.split, "decoded": self.decoded,
+                          "built_in_c": self._built_before + self.builder.built_in_c},
             "reloads": self.reloads,
             "shutting_down": self.shutting_down,
             "sinks": [lane.status() for lane in self.lanes],
@@ -279,7 +284,8 @@ def _fast_path_line(fast: Optional[dict[str, Any]]) -> str:
         return ""
     if not fast["compiled"]:
         return f"events decoded in Python {fast['decoded']} (fs_cdr._hangup is not built: see the README)"
-    return f"events split by fs_cdr._hangup {fast['split']}, decoded in Python {fast['decoded']}"
+    return (f"events split by fs_cdr._hangup {fast['split']}, decoded in Python {fast['decoded']}; "
+            f"records built in C {fast.get('built_in_c', 0)}")
 
 
 def format_status(status: dict[str, Any]) -> str:

@@ -210,7 +210,9 @@ class RecordBuilder:
         )
         #: What fs_cdr._hangup.columns needs to do _columns' work in C (None: _columns does it), and the
         #: template fields it leaves to Python.
-        self._compiled = self._columns_plan() if compiled and _hangup is not None else None
+        self._compiled = self._columns_plan() if compiled and hasattr(_hangup, "columns") else None
+        #: Records whose columns fs_cdr._hangup built (the rest: _columns).
+        self.built_in_c = 0
         self._templates = tuple((column, kind, spec) for column, kind, spec, key, _, _ in self._field_plan
                                 if key is None)
         #: The channel variables and the other headers build() reads: the split makes Python strings
@@ -333,6 +335,7 @@ class RecordBuilder:
             self._finish(record)
         else:  # the same, in C; template fields are evaluated here
             record, start, end, masked, plain = found
+            self.built_in_c += 1
             self.masked += masked
             if self._templates:
                 lookup = self._lookup(headers)

@@ -438,3 +438,15 @@ def test_the_generated_headers_did_exercise_the_compiled_columns() -> None:
     if COMPILED["events"] < 1000:
         pytest.skip("run with the generated-headers test")
     assert COMPILED["compiled"] > COMPILED["events"] * 0.3, COMPILED
+
+
+def test_a_compiled_module_without_columns_leaves_the_columns_to_python(monkeypatch) -> None:
+    """fs_cdr's Python files upgraded over an fs_cdr._hangup built before columns() (a copy, not a
+    pip install): every record is still built, by _columns."""
+    class OldModule:
+        split = staticmethod(record_module._hangup.split)
+
+    monkeypatch.setattr(record_module, "_hangup", OldModule)
+    old = RecordBuilder(BUILDERS["plain_fields"].config)
+    record = old.build(*old.split(LINE))
+    assert same(record, python_path(BUILDERS["plain_fields"], LINE)) and old.built_in_c == 0

@@ -202,7 +202,7 @@ def feed(engine, events) -> None:
     assert engine.flush(60), engine.status()
     fast = engine.status()["fast_path"]
     if fast["compiled"]:
-        assert fast["split"] > 0 and fast["decoded"] > 0, fast
+        assert fast["split"] > 0 and fast["decoded"] > 0 and fast["built_in_c"] > 0, fast
 
 
 def test_the_hostile_corpus_round_trips_through_every_sql_sink(sql_kind, table_name, tmp_path, engines,

@@ -308,9 +308,9 @@ def test_a_refusal_that_also_drops_the_connection_does_not_loop(tmp_path) -> Non
 
 def test_while_the_guard_is_behind_the_source_gives_it_time(monkeypatch) -> None:
     """A burst of hangups can make a guard tick long (thousands of records to fsync): the source then
-    sleeps once a millisecond instead of only yielding, so the guard gets the interpreter lock and the
-    durability window holds from the moment an event is popped. Once the guard ticks again, the
-    source runs at full speed."""
+    takes nothing more until the tick ends (at most GUARD_WAIT_S at a time), so the guard gets the
+    interpreter lock and the durability window holds from the moment an event is popped. Once the
+    guard ticks again, the source runs at full speed."""
     engine = Engine(parse_config({"cdr": {"log": True}}), lane_factory=lambda config: [])
     inside_tick = threading.Event()
     tick_may_end = threading.Event()
@@ -330,17 +330,21 @@ def test_while_the_guard_is_behind_the_source_gives_it_time(monkeypatch) -> None
         assert inside_tick.wait(5)
         time.sleep(3 * engine.guard.interval_s)
         assert engine.guard.behind(time.monotonic())
+        started = time.monotonic()
         for line in lines:
             engine.handle_serialized(line)
             time.sleep(0.002)
-        assert slept and all(pause == engine_module.GUARD_PAUSE_S for pause in slept), slept
+        assert time.monotonic() - started >= len(lines) * engine_module.GUARD_WAIT_S
+        assert slept and all(pause == engine_module.GUARD_PAUSE_S for pause in slept), slept[:10]
         tick_may_end.set()
         engine.guard.lanes = lambda: []
         assert wait_for(lambda: not engine.guard.behind(time.monotonic()), 5)
         slept.clear()
+        started = time.monotonic()
         for line in lines:
             engine.handle_serialized(line)
             time.sleep(0.002)
+        assert time.monotonic() - started < len(lines) * engine_module.GUARD_WAIT_S / 2
         assert slept and all(pause == 0 for pause in slept), slept
     finally:
         tick_may_end.set()

@@ -10,6 +10,7 @@ reported apart: the workers run beside FreeSWITCH, not in its threads.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import statistics
 import time
@@ -52,6 +53,15 @@ def _drive(live: LiveSwitch, calls: int) -> tuple[float, float, float]:
     return calls / elapsed, cpu, workers
 
 
+def _spooled(directory: Path) -> int:
+    """Records left in fs_cdr's spool and journal files (one JSON document a line)."""
+    count = 0
+    for path in directory.rglob("*"):
+        if path.is_file() and path.name != ".lock":
+            count += path.read_bytes().count(b"\n")
+    return count
+
+
 def _count_sqlite(path: Path, table: str) -> int:
     try:
         connection = sqlite3.connect(str(path))
@@ -77,8 +87,9 @@ def _count_mysql(table: str, drop: bool = False) -> int:
 
 
 def _one_run(directory: Path, cdr: dict[str, Any], with_fs_cdr: bool, native: tuple[str, ...],
-             calls: int) -> tuple[float, float, float, int]:
-    """One private FreeSWITCH, ``calls`` calls: calls/s, CPU-s and worker CPU-s per 1,000 calls, rows."""
+             calls: int) -> tuple[float, float, float, int, int, int]:
+    """One private FreeSWITCH, ``calls`` calls: calls/s, CPU-s and worker CPU-s per 1,000 calls, rows,
+    the records fs_cdr had built before shutdown (-1 without fs_cdr) and those left in its spool."""
     root = directory / f"fs-{uuidlib.uuid4().hex[:8]}"
     root.mkdir()
     table = f"bench_fs_{uuidlib.uuid4().hex[:6]}"
@@ -88,12 +99,18 @@ def _one_run(directory: Path, cdr: dict[str, Any], with_fs_cdr: bool, native: tu
     live = LiveSwitch(root, cdr, fs_cdr=with_fs_cdr, native_cdr=native)
     live.prepare()
     live.start()
+    built = -1
     try:
         rate, cpu, workers = _drive(live, calls)
         if with_fs_cdr:
             live.api("python fs_cdr flush")
+            # what fs_cdr made of the hangups it got: a row short of that is a record lost, a
+            # hangup short of the calls' legs is a call FreeSWITCH did not complete
+            status = json.loads(live.api("python fs_cdr status json"))
+            built = status["records"]
     finally:
         live.shutdown()
+    spooled = _spooled(root / "spool") if with_fs_cdr else 0  # written at the next start
     if "mod_cdr_sqlite" in native:
         rows = _count_sqlite(root / "db" / "cdr.db", "cdr")
     elif "database" in cdr and cdr["database"]["dbtype"] == "sqlite":
@@ -102,7 +119,7 @@ def _one_run(directory: Path, cdr: dict[str, Any], with_fs_cdr: bool, native: tu
         rows = _count_mysql(table, drop=True)
     else:
         rows = 0
-    return rate, cpu * 1000 / calls, workers * 1000 / calls, rows
+    return rate, cpu * 1000 / calls, workers * 1000 / calls, rows, built, spooled
 
 
 def freeswitch_rows(directory: Path, calls: int, rounds: int = 3) -> list[tuple[str, str, str, str]]:
@@ -121,7 +138,7 @@ def freeswitch_rows(directory: Path, calls: int, rounds: int = 3) -> list[tuple[
         ("fs_cdr -> MariaDB, both legs, details", {"details": True, "database": {
             "dbtype": "mysql", "connectionstring": "127.0.0.1,3306@test", "username": "root"}}, True, (), 2 * calls),
     ]
-    measured: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name, *_ in variants}
+    measured: dict[str, list[tuple[float, float, float, int, int, int]]] = {name: [] for name, *_ in variants}
     for _ in range(rounds):
         for name, cdr, with_fs_cdr, native, _expected in variants:
             measured[name].append(_one_run(directory, cdr, with_fs_cdr, native, calls))
@@ -135,7 +152,15 @@ def freeswitch_rows(directory: Path, calls: int, rounds: int = 3) -> list[tuple[
         rows = [run[3] for run in runs]
         spread = " / ".join(f"{run[1]:.2f}" for run in runs)
         worker_text = f" + worker {worker:.2f}" if worker else ""
-        rows_text = f"rows {min(rows)}/{expected}" + ("" if min(rows) == expected else " MISSING")
+        rows_text = f"rows {min(rows)}/{expected}"
+        for run in runs:
+            if run[3] != expected:
+                # rows and spooled records fewer than fs_cdr built: lost; fewer built than the calls'
+                # legs: hangups FreeSWITCH did not give it before shutdown
+                found, built, spooled = run[3], run[4], run[5]
+                rows_text += f"; a run wrote {found}" + (
+                    f", spooled {spooled} at shutdown, had built {built}"
+                    + (": MISSING" if found + spooled < built else "") if built >= 0 else "")
         results.append((f"FreeSWITCH, {calls} calls x {rounds}, {name}", f"{rate:,.0f} calls/s", "",
                         f"{cpu:.2f} CPU-s/1000 calls ({cpu - baseline:+.2f}){worker_text}; runs {spread}; {rows_text}"))
     return results

@@ -678,19 +678,22 @@ static PyObject *million;
 static PyObject not_here_object;
 #define NOT_HERE (&not_here_object)
 
-/* headers[key] as channel.header gives it (borrowed; NULL for missing or None), or NOT_HERE. */
+/* headers[key] as channel.header gives it (borrowed; NULL for missing or None, or an error the
+ * caller finds with PyErr_Occurred), or NOT_HERE. */
 static PyObject *header_of(PyObject *headers, int key)
 {
     PyObject *value = PyDict_GetItemWithError(headers, keys[key]);
     if (!value || value == Py_None)
-        return NULL;  /* an error here is a str key's hash: none can happen */
+        return NULL;
     return PyUnicode_Check(value) ? value : NOT_HERE;
 }
 
-/* channel.variable: variable_<name>, else <name> (borrowed; NULL for neither), or NOT_HERE. */
+/* channel.variable: variable_<name>, else <name> (borrowed; NULL for neither, or an error), or NOT_HERE. */
 static PyObject *variable_of(PyObject *headers, int key)
 {
     PyObject *value = PyDict_GetItemWithError(headers, keys[key]);
+    if (!value && PyErr_Occurred())
+        return NULL;
     if (!value || value == Py_None)
         value = PyDict_GetItemWithError(headers, keys[key + 1]);
     if (!value || value == Py_None)
@@ -859,13 +862,11 @@ static PyObject *columns(PyObject *module, PyObject *args)
         return NULL;
 
     /* every lookup _columns makes, in its order (none waits on a value found: see _read_variables) */
-    for (int k = 0; k < V_START; k++) {
-        v[k] = header_of(headers, k);
+    for (int k = 0; k < KEY_COUNT; k += k < V_START ? 1 : 2) {
+        v[k] = k < V_START ? header_of(headers, k) : variable_of(headers, k);
         CHECK(v[k]);
-    }
-    for (int k = V_START; k < KEY_COUNT; k += 2) {
-        v[k] = variable_of(headers, k);
-        CHECK(v[k]);
+        if (!v[k] && PyErr_Occurred())  /* a key of the dict whose comparison with a str raised */
+            goto done;
     }
 
     start = epoch_of(v[V_START], v[H_CREATED], to_number);
@@ -993,8 +994,12 @@ static PyObject *columns(PyObject *module, PyObject *args)
             continue;
         }
         value = PyDict_GetItemWithError(headers, key);
+        if (!value && PyErr_Occurred())
+            goto done;
         if (!value || value == Py_None)
             value = PyDict_GetItemWithError(headers, name);
+        if (!value && PyErr_Occurred())
+            goto done;
         if (value == Py_None)
             value = NULL;
         if (value) {

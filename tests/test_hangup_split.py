@@ -450,3 +450,23 @@ def test_a_compiled_module_without_columns_leaves_the_columns_to_python(monkeypa
     old = RecordBuilder(BUILDERS["plain_fields"].config)
     record = old.build(*old.split(LINE))
     assert same(record, python_path(BUILDERS["plain_fields"], LINE)) and old.built_in_c == 0
+
+
+def test_a_header_key_whose_comparison_raises_is_an_error_not_a_crash() -> None:
+    """A hand-made event (never one FreeSWITCH sends) whose key compares with a str by raising: the
+    compiled columns raise that error as _columns does, and the engine logs the event as malformed."""
+    class Hostile:
+        def __hash__(self) -> int:
+            return hash("Caller-Context")
+
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("no comparing me")
+
+    event = dict(decode_event(LINE))
+    del event["Caller-Context"]
+    event[Hostile()] = "x"
+    for found in (BUILDERS["plain_fields"], reference(BUILDERS["plain_fields"])):
+        with pytest.raises(RuntimeError, match="no comparing me"):
+            found.build(event)
+    engine = Engine(BUILDERS["plain_fields"].config, lane_factory=lambda config: [])
+    assert engine.handle(event) is None and engine.malformed == 1

@@ -43,8 +43,9 @@ PLAIN_FIELDS = SEED_FIELDS + ["hostile:sip_h_X-Hostile", "number:n:sip_h_X-Hosti
                               "number:source_number:sip_h_X-Hostile", "secretfield:sip_auth_password"]
 
 
-#: Configurations whose differences reach the split: details on/off, no secrets, a secret pattern
-#: without a literal hint, a hint that is not ASCII, a_only (the leg rule reads more variables).
+#: Configurations whose differences reach the split or the columns: details on/off, no secrets, a
+#: secret pattern without a literal hint, a hint that is not ASCII, a_only (the leg rule reads more
+#: variables), plain fields only, no fields.
 BUILDERS = {
     "default": builder(),
     "no_details": builder(details=False),
@@ -53,6 +54,9 @@ BUILDERS = {
     "non_ascii_hint": builder(secret_variables=["*pässword*", "*token*"]),
     "a_only": builder(process_cdr="a_only", skip_variable="fs_cdr_skip"),
     "plain_fields": builder(fields=PLAIN_FIELDS),
+    # the seed's number:billsec and number:duration replace those columns' own sources; without
+    # fields the record shows them (billsec 0 and duration NULL when the times are missing)
+    "no_fields": builder(fields=[]),
 }
 #: The Python reference of each builder: no compiled columns (python_path decodes the event in Python too).
 REFERENCES: "weakref.WeakKeyDictionary[RecordBuilder, RecordBuilder]" = weakref.WeakKeyDictionary()

@@ -683,7 +683,7 @@ static const char *const column_names[COLUMN_COUNT] = {
 };
 
 static PyObject *keys[KEY_COUNT], *columns_keys[COLUMN_COUNT], *leg_a, *leg_b, *originator_text, *mask_text;
-static PyObject *million;
+static PyObject *million, *zero;
 
 /* The longest value the record builder leaves alone without a closer look (schema.SHORT_LIMIT). */
 #define SHORT_LIMIT 64
@@ -707,15 +707,24 @@ static PyObject *header_of(PyObject *headers, int key)
     return PyUnicode_Check(value) ? value : NOT_HERE;
 }
 
-/* channel.variable: variable_<name>, else <name> (borrowed; NULL for neither, or an error), or NOT_HERE. */
-static PyObject *variable_of(PyObject *headers, int key)
+/* headers[key], else headers[name], a None value taken for a missing one (borrowed; NULL for
+ * neither, or an error the caller finds with PyErr_Occurred): channel.variable's lookup, and a plain
+ * fields entry's. */
+static PyObject *either_key(PyObject *headers, PyObject *key, PyObject *name)
 {
-    PyObject *value = PyDict_GetItemWithError(headers, keys[key]);
+    PyObject *value = PyDict_GetItemWithError(headers, key);
     if (!value && PyErr_Occurred())
         return NULL;
     if (!value || value == Py_None)
-        value = PyDict_GetItemWithError(headers, keys[key + 1]);
-    if (!value || value == Py_None)
+        value = PyDict_GetItemWithError(headers, name);
+    return value == Py_None ? NULL : value;
+}
+
+/* channel.variable: variable_<name>, else <name> (borrowed; NULL for neither, or an error), or NOT_HERE. */
+static PyObject *variable_of(PyObject *headers, int key)
+{
+    PyObject *value = either_key(headers, keys[key], keys[key + 1]);
+    if (!value)
         return NULL;
     return PyUnicode_Check(value) ? value : NOT_HERE;
 }
@@ -792,6 +801,21 @@ static PyObject *epoch_of(PyObject *variable_text, PyObject *micro_text, PyObjec
         return seconds;
     Py_DECREF(seconds);
     return seconds_of(micro_text, to_number);
+}
+
+/* The duration and billsec columns: the variable if it is an int, else end - since when both are set
+ * (record._int64), else `otherwise` (new reference). */
+static PyObject *elapsed(PyObject *variable_text, PyObject *end, PyObject *since, PyObject *otherwise,
+                         PyObject *to_number)
+{
+    PyObject *seconds = number_of(variable_text, to_number);
+    if (!seconds || PyLong_Check(seconds))
+        return seconds;
+    Py_DECREF(seconds);
+    if (truthy_number(end) && truthy_number(since))
+        return difference(end, since);
+    Py_INCREF(otherwise);
+    return otherwise;
 }
 
 /* record._as_kind (new reference). */
@@ -908,32 +932,12 @@ static PyObject *columns(PyObject *module, PyObject *args)
         if (!end)
             goto done;
     }
-    duration = number_of(v[V_DURATION], to_number);
+    duration = elapsed(v[V_DURATION], end, start, Py_None, to_number);
     if (!duration)
         goto done;
-    if (!PyLong_Check(duration)) {
-        Py_DECREF(duration);
-        if (truthy_number(end) && truthy_number(start))
-            duration = difference(end, start);
-        else {
-            duration = Py_None;
-            Py_INCREF(duration);
-        }
-        if (!duration)
-            goto done;
-    }
-    billsec = number_of(v[V_BILLSEC], to_number);
+    billsec = elapsed(v[V_BILLSEC], end, answer, zero, to_number);
     if (!billsec)
         goto done;
-    if (!PyLong_Check(billsec)) {
-        Py_DECREF(billsec);
-        if (truthy_number(end) && truthy_number(answer))
-            billsec = difference(end, answer);
-        else
-            billsec = PyLong_FromLong(0);
-        if (!billsec)
-            goto done;
-    }
     originator = v[V_ORIGINATOR];
     if (!truthy_text(originator) && v[H_OTHER_TYPE]
         && PyUnicode_Compare(v[H_OTHER_TYPE], originator_text) == 0)
@@ -1012,15 +1016,9 @@ static PyObject *columns(PyObject *module, PyObject *args)
                 goto done;
             continue;
         }
-        value = PyDict_GetItemWithError(headers, key);
+        value = either_key(headers, key, name);
         if (!value && PyErr_Occurred())
             goto done;
-        if (!value || value == Py_None)
-            value = PyDict_GetItemWithError(headers, name);
-        if (!value && PyErr_Occurred())
-            goto done;
-        if (value == Py_None)
-            value = NULL;
         if (value) {
             if (secret) {
                 masked++;
@@ -1099,7 +1097,8 @@ PyMODINIT_FUNC PyInit__hangup(void)
             return NULL;
     if (!(leg_a = PyUnicode_InternFromString("a")) || !(leg_b = PyUnicode_InternFromString("b"))
         || !(originator_text = PyUnicode_InternFromString("originator"))
-        || !(mask_text = PyUnicode_InternFromString(MASK)) || !(million = PyLong_FromLong(1000000)))
+        || !(mask_text = PyUnicode_InternFromString(MASK)) || !(million = PyLong_FromLong(1000000))
+        || !(zero = PyLong_FromLong(0)))
         return NULL;
     return PyModule_Create(&module);
 }

@@ -89,17 +89,18 @@ def test_redis_through_a_worker_process(tmp_path, table_name, redis_list, engine
     assert documents[0]["details"]["queue_name"] == table_name
 
 
-def test_documents_reach_redis_byte_for_byte_when_the_pipe_takes_them_in_pieces(tmp_path, table_name, redis_list,
+def test_documents_reach_redis_byte_for_byte_when_written_in_pieces(tmp_path, table_name, redis_list,
                                                                                 engines, monkeypatch) -> None:
-    """An encoded batch crosses to the worker as raw documents (os.writev from their own buffers). A
-    pipe may take any part of a writev: here each call takes at most 4,099 bytes, cut mid-document
-    and mid-character, and every document must still arrive exactly as fs_cdr made it."""
+    """An encoded batch crosses to the worker as raw documents (os.pwritev from their own buffers into
+    the memory file the two share). A write may take any part of what it is given: here each call
+    takes at most 4,099 bytes, cut mid-document and mid-character, and every document must still
+    arrive exactly as fs_cdr made it."""
     from fs_cdr.sinks import worker as worker_module
     from fs_cdr.sinks.redis import payload
 
-    real_writev, calls = os.writev, []
+    real_pwritev, calls = os.pwritev, []
 
-    def stingy(descriptor: int, buffers: list) -> int:
+    def stingy(descriptor: int, buffers: list, offset: int) -> int:
         taken, left = [], 4099
         for buffer in buffers:
             if left <= 0:
@@ -108,9 +109,9 @@ def test_documents_reach_redis_byte_for_byte_when_the_pipe_takes_them_in_pieces(
             taken.append(piece)
             left -= len(piece)
         calls.append(len(taken))
-        return real_writev(descriptor, taken)
+        return real_pwritev(descriptor, taken, offset)
 
-    monkeypatch.setattr(worker_module.os, "writev", stingy)
+    monkeypatch.setattr(worker_module.os, "pwritev", stingy)
     key, client = redis_list
     engine = engines(make_config({"cdr": {"details": True, "fields": ["queue_name"], "redis": {
         "list": key, "worker_process": True}}}, tmp_path))
@@ -121,6 +122,44 @@ def test_documents_reach_redis_byte_for_byte_when_the_pipe_takes_them_in_pieces(
     assert engine.flush(30), engine.status()
     assert client.lrange(key, 0, -1) == list(reversed(expected))
     assert len(calls) >= sum(map(len, expected)) // 4099  # the documents did cross in pieces
+
+
+def test_an_outsized_batch_does_not_keep_its_memory_and_later_batches_still_arrive(tmp_path, table_name, redis_list,
+                                                                                   engines, monkeypatch) -> None:
+    """Batches reach the worker through a memory file. One far larger than usual (huge variables)
+    must not pin that much memory for the life of the worker: the file is cut back once the batch is
+    answered, and the smaller batches after it (read through the worker's larger, older mapping)
+    arrive intact."""
+    from fs_cdr.sinks import worker as worker_module
+    from fs_cdr.sinks.redis import payload
+
+    monkeypatch.setattr(worker_module, "_EXCHANGE_KEEP", 3 << 20)
+    key, client = redis_list
+    engine = engines(make_config({"cdr": {"details": True, "fields": ["queue_name"], "redis": {
+        "list": key, "worker_process": True, "batch_size": 50}}}, tmp_path))
+    sink = worker_of_when_open(engine)
+    expected, sizes = [], []
+    for round_number, filler in enumerate((1_000, 200_000, 10, 100_000, 10)):
+        for index in range(50):
+            item = dict(event(round_number * 50 + index, table_name),
+                        variable_queue_name=f"{round_number}-{index}-" + "x" * filler)
+            expected.append(payload(engine.handle(item)))
+        assert engine.flush(30), engine.status()
+        sizes.append(os.fstat(sink._exchange).st_size)
+    assert client.lrange(key, 0, -1) == list(reversed(expected))
+    assert sizes[0] > 50 * 1_000 and sizes[2] > 0  # small batches stay in the file, as they were
+    assert sizes[1] == 0 and sizes[3] == 0  # a batch past the limit (10 MB, 5 MB) was let go
+    assert worker_of(engine) is sink and alive(sink.pid)  # one worker did all of it
+
+
+def worker_of_when_open(engine, timeout_s: float = 10.0) -> ProcessSink:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sink = engine.lanes[0].writers[0]._sink
+        if isinstance(sink, ProcessSink) and sink._exchange is not None:
+            return sink
+        time.sleep(0.02)
+    raise AssertionError("the worker did not start")
 
 
 def test_a_killed_worker_is_started_again_and_every_record_arrives_once(tmp_path, table_name, engines) -> None:
@@ -227,13 +266,15 @@ def test_the_worker_ends_when_its_parent_is_killed(tmp_path) -> None:
             parent.kill()
 
 
-def test_a_worker_from_other_fs_cdr_files_is_refused_with_the_reason(monkeypatch) -> None:
+@pytest.mark.parametrize("hello", [b"fs_cdr worker ready", b"fs_cdr worker v2 ok"])
+def test_a_worker_from_other_fs_cdr_files_is_refused_with_the_reason(monkeypatch, hello) -> None:
     """The child imports fs_cdr from disk: replaced while FreeSWITCH ran, the files may speak an older
-    protocol than the running engine. That must be a clear error at start, not garbled batches."""
+    protocol than the running engine (v1 pickled batches into the pipe, v2 sent documents through
+    it). That must be a clear error at start, not garbled batches."""
     from fs_cdr.errors import RetriableError
     from fs_cdr.sinks import worker as worker_module
 
-    monkeypatch.setattr(worker_module, "_CHILD", "import os, sys, time; os.write(1, b'fs_cdr worker ready'); "
+    monkeypatch.setattr(worker_module, "_CHILD", f"import os, sys, time; os.write(1, {hello!r}); "
                                                  "sys.stdin.buffer.read()")
     sink = ProcessSink(dict, "old", 1.0)
     with pytest.raises(RetriableError, match="older fs_cdr than the one FreeSWITCH loaded.*restart FreeSWITCH"):

@@ -11,16 +11,19 @@ that dies, hangs or cannot start is a :class:`~fs_cdr.errors.RetriableError`, as
 is: the lane retries, and spools what waits longer than the durability window. The child ends when
 its stdin closes, which happens when FreeSWITCH exits, kill -9 included.
 
-The pipe carries pickles between two processes of the same installation (the sink object with its
-configuration once, then batches of records); nothing from outside ever reaches it. A request is
-two lengths, the pickle and a body of raw bytes: the documents of an encoded batch
-(writer.EncodedSink: Redis's JSON documents), written from their own buffers with ``os.writev``
-and read into one buffer, so a batch's megabytes are neither pickled nor copied in Python.
+A request is a pickle (the sink object with its configuration once, then batches of records) and a
+body of raw bytes: the documents of an encoded batch (writer.EncodedSink: Redis's JSON documents).
+Both go into a memory file the two processes share (``memfd_create``; an unlinked temporary file
+where there is none), written with ``os.pwritev`` from their own buffers and read by the child
+through ``mmap`` in place; the pipe carries only the two lengths and the answers. A batch's
+megabytes are copied once, not pickled, not pushed through a 64 KB pipe one wake-up at a time. Only
+processes of the same installation use the file and the pipe; nothing from outside reaches them.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import pickle
 import select
@@ -28,6 +31,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, BinaryIO, Callable, Optional, Sequence
@@ -45,8 +49,10 @@ _IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1
 #: it speaks. The same length as the first protocol's, so that each side of a mismatch sees it at
 #: once (the child imports fs_cdr's files from disk: after an upgrade they may be newer than the
 #: fs_cdr FreeSWITCH is running).
-_HELLO = b"fs_cdr worker v2 ok"
-_FIRST_HELLO = b"fs_cdr worker ready"
+_HELLO = b"fs_cdr worker v3 ok"
+_OLDER_HELLOS = (b"fs_cdr worker ready", b"fs_cdr worker v2 ok")
+#: A request file grown past this by an outsized batch is cut back after it.
+_EXCHANGE_KEEP = 64 << 20
 #: What the child runs.
 _CHILD = "from fs_cdr.sinks.worker import serve; serve()"
 
@@ -79,6 +85,9 @@ class ProcessSink:
         self.write_timeout_s = max(60.0, 12 * timeout_s)
         self.open_timeout_s = max(30.0, 3 * timeout_s)
         self._child: Optional[subprocess.Popen] = None
+        #: the memory file requests travel in (its descriptor), and how far the largest one reached
+        self._exchange: Optional[int] = None
+        self._exchange_size = 0
         self._relay: Optional[threading.Thread] = None
         self._errors: list[str] = []
 
@@ -106,6 +115,9 @@ class ProcessSink:
     def close(self) -> None:
         """End the child (it closes its sink on end of input; killed after 5 s), reap it, and close
         its pipes once its last log lines are relayed."""
+        exchange, self._exchange = self._exchange, None
+        if exchange is not None:
+            os.close(exchange)
         child, self._child = self._child, None
         if child is None:
             return
@@ -139,19 +151,22 @@ class ProcessSink:
         self.close()
         paths = [entry for entry in sys.path if entry and os.path.isdir(entry)]
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1")
-        command = [interpreter(), "-c", _CHILD]
+        exchange = _exchange_file()
+        command = [interpreter(), "-c", _CHILD, str(exchange)]
         try:
             child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=environment, close_fds=True, start_new_session=True)
+                                     env=environment, close_fds=True, pass_fds=(exchange,), start_new_session=True)
         except OSError as error:
+            os.close(exchange)
             raise RetriableError(f"cannot start the sink worker ({command[0]}): {error}") from error
         self._child = child
+        self._exchange, self._exchange_size = exchange, 0
         self._errors = []
         self._relay = threading.Thread(target=self._relay_log, args=(child,), name=f"fs_cdr-{self.name}-worker-log",
                                        daemon=True)
         self._relay.start()
         hello = self._read(child, len(_HELLO), self.open_timeout_s)
-        if hello == _FIRST_HELLO:
+        if hello in _OLDER_HELLOS:
             raise self._lost(child, "runs an older fs_cdr than the one FreeSWITCH loaded (were fs_cdr's files "
                                     "replaced while FreeSWITCH ran?): restart FreeSWITCH")
         if hello != _HELLO:
@@ -159,17 +174,21 @@ class ProcessSink:
 
     def _call(self, request: tuple[str, Any], timeout_s: float, meanwhile: Optional[Callable[[], None]] = None,
               body: Sequence[bytes] = ()) -> None:
-        child = self._child
-        if child is None:
+        child, exchange = self._child, self._exchange
+        if child is None or exchange is None:
             raise RetriableError("the sink worker is not running")
         data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        body_size = sum(len(part) for part in body)
+        try:
+            # The file first, then the lengths: the child reads the file only once they arrive.
+            _write_all_at(exchange, [data, *body])
+            self._exchange_size = max(self._exchange_size, len(data) + body_size)
+        except OSError as error:  # the memory file is full (tmpfs, memory limits): a retriable failure
+            raise self._lost(child, f"could not be handed the batch ({error})") from None
         try:
             assert child.stdin is not None
-            child.stdin.write(_HEAD.pack(len(data), sum(len(part) for part in body)))
-            child.stdin.write(data)
+            child.stdin.write(_HEAD.pack(len(data), body_size))
             child.stdin.flush()
-            if body:
-                _write_all(child.stdin.fileno(), list(body))
         except (OSError, ValueError) as error:
             raise self._lost(child, f"stopped taking batches ({error})") from None
         started = time.monotonic()
@@ -177,6 +196,9 @@ class ProcessSink:
             meanwhile()
         size = _LENGTH.unpack(self._read(child, _LENGTH.size, timeout_s))[0]
         answer = pickle.loads(self._read(child, size, timeout_s - (time.monotonic() - started)))
+        if self._exchange_size > _EXCHANGE_KEEP:  # answered: the child reads no more of it
+            os.ftruncate(exchange, 0)
+            self._exchange_size = 0
         kind = answer[0]
         if kind == "ok":
             return
@@ -231,11 +253,22 @@ class ProcessSink:
             pass
 
 
-def _write_all(descriptor: int, parts: list[Any]) -> None:
-    """Write every part, in order, with as few system calls as the kernel allows (no joining)."""
-    first = 0
+def _exchange_file() -> int:
+    """A file only in memory, for the requests of one worker: a memfd on Linux, else an unlinked
+    temporary file. Closed on exec; the worker gets it through ``pass_fds``."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("fs_cdr-worker-request", os.MFD_CLOEXEC)
+    with tempfile.TemporaryFile(prefix="fs_cdr-worker-") as handle:
+        return os.dup(handle.fileno())
+
+
+def _write_all_at(descriptor: int, parts: list[Any]) -> None:
+    """Write every part, in order, from the start of the file, with as few system calls as the
+    kernel allows (no joining)."""
+    first, offset = 0, 0
     while first < len(parts):
-        written = os.writev(descriptor, parts[first:first + _IOV_MAX])
+        written = os.pwritev(descriptor, parts[first:first + _IOV_MAX], offset)
+        offset += written
         while first < len(parts) and written >= len(parts[first]):
             written -= len(parts[first])
             first += 1
@@ -244,23 +277,28 @@ def _write_all(descriptor: int, parts: list[Any]) -> None:
 
 
 # -- the child ------------------------------------------------------------------------------------
-def _receive(stream: BinaryIO) -> Optional[tuple[bytes, memoryview]]:
-    """One request's pickle and body; None at the end of input."""
-    head = stream.read(_HEAD.size)
-    if len(head) < _HEAD.size:
-        return None
-    size, body_size = _HEAD.unpack(head)
-    data = stream.read(size)
-    if len(data) < size:
-        return None
-    body = memoryview(bytearray(body_size))
-    filled = 0
-    while filled < body_size:
-        count = stream.readinto(body[filled:])
-        if not count:
+class _Requests:
+    """The child's side: the lengths from the pipe, the request itself read in place from the memory
+    file (mapped again only when a request outgrows the mapping)."""
+
+    def __init__(self, stream: BinaryIO, exchange: int) -> None:
+        self.stream = stream
+        self.exchange = exchange
+        self.mapping: Optional[mmap.mmap] = None
+
+    def receive(self) -> Optional[tuple[memoryview, memoryview]]:
+        """One request's pickle and body, views of the file; None at the end of input."""
+        head = self.stream.read(_HEAD.size)
+        if len(head) < _HEAD.size:
             return None
-        filled += count
-    return data, body
+        size, body_size = _HEAD.unpack(head)
+        end = size + body_size
+        if self.mapping is None or len(self.mapping) < end:
+            # the whole file as it is now (at least ``end``: the parent wrote it before the lengths);
+            # an earlier mapping lives on while views of it do
+            self.mapping = mmap.mmap(self.exchange, 0, mmap.MAP_SHARED, mmap.PROT_READ)
+        view = memoryview(self.mapping)
+        return view[:size], view[size:end]
 
 
 def _with_documents(index: list[tuple[Any, ...]], body: memoryview) -> list[tuple[Any, ...]]:
@@ -285,13 +323,14 @@ def serve() -> None:
     # The protocol keeps its own copy of stdout; whatever a driver prints goes to the log pipe.
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    requests = os.fdopen(os.dup(0), "rb")
+    requests = _Requests(os.fdopen(os.dup(0), "rb"), int(sys.argv[1]))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     replies.write(_HELLO)
     replies.flush()
     sink: Any = None
     while True:
-        request = _receive(requests)
+        request = argument = None  # no view of the file outlives its batch
+        request = requests.receive()
         if request is None:
             break
         try:

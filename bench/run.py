@@ -556,16 +556,23 @@ def sink_rows(kind: str, target: Any, directory: Path, records: list[dict], stre
                 (f"fs_cdr, workers: {other}", {"workers": other}),
                 ("fs_cdr, events decoded in Python (before)", {PYTHON_DECODER: True}))
     ours: list[tuple[str, float, str]] = []
-    for number, (label, extra) in enumerate(variants):
+    for number, (label, extra) in enumerate(variants + variants[:1]):
         meter = CpuMeter(SERVERS[kind])
-        with python_decoder(extra.pop(PYTHON_DECODER, False)):
-            found = fs_cdr_end_to_end(config_for(kind, f"{table}e{number}", directory, **extra), stream, meter)
+        with python_decoder(extra.get(PYTHON_DECODER, False)):
+            settings = {key: value for key, value in extra.items() if key != PYTHON_DECODER}
+            found = fs_cdr_end_to_end(config_for(kind, f"{table}e{number}", directory, **settings), stream, meter)
         ours.append((label, found, meter.per_record(len(stream))))
+    # The defaults run first and again last, as the raw limit is measured before and after: the
+    # faster of each pair counts, so one slow moment of a shared machine sinks neither side.
+    last = ours.pop()
+    defaults = (ours[0][1], last[1])
+    ours[0] = max(ours[0], last, key=lambda found: found[1])
     measure_raw("r2")
     raw, raw_cpu_s, raw_cpu = max(raws)
     what = "raw pipelined LPUSH+PUBLISH, batches of 500" if kind == "redis" else "raw executemany, batches of 500"
     row(f"{kind}: {what}", f"{raw:,.0f} rec/s", cpu=raw_cpu)
     row(f"{kind}: (the raw limit before / after fs_cdr's runs)", " / ".join(f"{found:,.0f}" for found, _, _ in raws))
+    row(f"{kind}: (fs_cdr's defaults, first / last of its runs)", " / ".join(f"{found:,.0f}" for found in defaults))
     if kind == "redis":
         packed_meter = CpuMeter(SERVERS[kind])
         packed = max(raw_redis_packed(config_for(kind, table + f"p{number}", directory), records, packed_meter)

@@ -178,7 +178,22 @@ def redis_client():
     client.close()
 
 
-def test_redis_list_and_channel_carry_one_json_document_per_record(redis_client, tmp_path, engines, table_name) -> None:
+@pytest.fixture(params=[True, False], ids=["direct socket", "through redis-py"])
+def redis_path(request, monkeypatch):
+    """Both ways a batch reaches Redis: sendmsg and hiredis on the connection's socket (plain TCP),
+    and redis-py's send_packed_command and read_response (TLS, or no hiredis). In-process sinks only:
+    a worker process imports its own module."""
+    from fs_cdr.sinks import redis as redis_sink
+
+    monkeypatch.setattr(redis_sink, "DIRECT_SOCKET", request.param)
+    real, calls = redis_sink._read_replies, []
+    monkeypatch.setattr(redis_sink, "_read_replies", lambda *args: calls.append(args) or real(*args))
+    yield request.param
+    assert bool(calls) == request.param  # the path named is the path taken
+
+
+def test_redis_list_and_channel_carry_one_json_document_per_record(redis_client, tmp_path, engines, table_name,
+                                                                   redis_path) -> None:
     key = f"fs_cdr_test:{table_name}"
     pubsub = redis_client.pubsub()
     pubsub.subscribe(key)
@@ -196,7 +211,7 @@ def test_redis_list_and_channel_carry_one_json_document_per_record(redis_client,
     listener.start()
     try:
         config = make_config({"cdr": {"details": True, "fields": ["number:billsec"],
-                                      "redis": {"list": key, "channel": key}}}, tmp_path)
+                                      "redis": {"list": key, "channel": key, "worker_process": False}}}, tmp_path)
         engine = engines(config)
         feed(engine, SCENARIOS)
         listener.join(15)
@@ -249,7 +264,8 @@ def test_an_error_reply_mid_batch_keeps_records_waiting_then_each_arrives_once_i
         redis_client.delete(key, key + ":s")
 
 
-def test_after_an_error_reply_the_next_command_gets_its_own_reply(redis_client, tmp_path, table_name) -> None:
+def test_after_an_error_reply_the_next_command_gets_its_own_reply(redis_client, tmp_path, table_name,
+                                                                  redis_path) -> None:
     """A batch is packed as one packet and fails at its first error reply, with the rest unread: that
     connection must not serve again, or every later command would read an earlier one's answer."""
     key = f"fs_cdr_test:{table_name}"

@@ -194,8 +194,14 @@ class ProcessSink:
         started = time.monotonic()
         if meanwhile is not None:
             meanwhile()
-        size = _LENGTH.unpack(self._read(child, _LENGTH.size, timeout_s))[0]
-        answer = pickle.loads(self._read(child, size, timeout_s - (time.monotonic() - started)))
+        # The child writes the answer's length and pickle at once, and nothing more until the next
+        # request: one read usually takes both (each wait gives FreeSWITCH's GIL away, and getting
+        # it back may wait for the source thread's next yield).
+        data = self._read(child, _LENGTH.size, timeout_s, greedy=True)
+        size = _LENGTH.unpack_from(data)[0]
+        if len(data) < _LENGTH.size + size:
+            data += self._read(child, _LENGTH.size + size - len(data), timeout_s - (time.monotonic() - started))
+        answer = pickle.loads(memoryview(data)[_LENGTH.size:])
         if self._exchange_size > _EXCHANGE_KEEP:  # answered: the child reads no more of it
             os.ftruncate(exchange, 0)
             self._exchange_size = 0
@@ -208,18 +214,19 @@ class ProcessSink:
             raise RejectedError(answer[1])
         raise RetriableError(answer[1])
 
-    def _read(self, child: subprocess.Popen, size: int, timeout_s: float) -> bytes:
+    def _read(self, child: subprocess.Popen, size: int, timeout_s: float, greedy: bool = False) -> bytes:
+        """``size`` bytes from the child; ``greedy``: and whatever more is there already."""
         assert child.stdout is not None
         deadline = time.monotonic() + timeout_s
         descriptor = child.stdout.fileno()
         parts: list[bytes] = []
         left = size
-        while left:
+        while left > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([descriptor], [], [], remaining)[0]:
                 child.kill()
                 raise self._lost(child, f"gave no answer within {timeout_s:.0f} s")
-            part = os.read(descriptor, min(left, 1 << 20))
+            part = os.read(descriptor, max(left, 1 << 16) if greedy else min(left, 1 << 20))
             if not part:
                 raise self._lost(child, "exited")
             parts.append(part)

@@ -43,7 +43,7 @@ log = logging.getLogger("fs_cdr.sinks.worker")
 _LENGTH = struct.Struct("!Q")
 #: A request's head: the pickle's length and the body's.
 _HEAD = struct.Struct("!QQ")
-#: Buffers per writev call (POSIX guarantees 16; Linux takes 1024).
+#: Buffers per pwritev call (POSIX guarantees 16; Linux takes 1024).
 _IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16, 1024))
 #: The child's first words on its protocol pipe: it started and imported fs_cdr, and which protocol
 #: it speaks. The same length as the first protocol's, so that each side of a mismatch sees it at

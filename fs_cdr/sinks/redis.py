@@ -230,4 +230,3 @@ def _bulk(parts: list[Any], value: Any) -> None:
     parts.append(b"$%d\r\n" % len(value))
     parts.append(value)
     parts.append(b"\r\n")
-

@@ -31,6 +31,17 @@
 #define ALWAYS_INLINE inline
 #endif
 
+/* A dict sized for ``size`` items up front where CPython has the call (it left the API in 3.13). */
+static inline PyObject *new_dict(Py_ssize_t size)
+{
+#if PY_VERSION_HEX < 0x030D0000
+    return _PyDict_NewPresized(size);
+#else
+    (void)size;
+    return PyDict_New();
+#endif
+}
+
 #define PREFIX "variable_"
 #define PREFIX_LEN 9
 #define MASK "***"
@@ -552,11 +563,7 @@ static PyObject *split(PyObject *module, PyObject *args)
         o = buffer;
         *o++ = '{';
     }
-#if PY_VERSION_HEX < 0x030D0000
-    headers = _PyDict_NewPresized(count);
-#else
-    headers = PyDict_New();
-#endif
+    headers = new_dict(count);
     if (!headers)
         goto done;
     for (Py_ssize_t k = 0; k < count; k++) {
@@ -971,11 +978,7 @@ static PyObject *columns(PyObject *module, PyObject *args)
     text[C_SWITCHNAME] = EITHER(v[H_SWITCHNAME], v[H_HOSTNAME]);
     text[C_CORE_UUID] = v[H_CORE_UUID];
 
-#if PY_VERSION_HEX < 0x030D0000
-    record = _PyDict_NewPresized(COLUMN_COUNT + PyTuple_GET_SIZE(fields));
-#else
-    record = PyDict_New();
-#endif
+    record = new_dict(COLUMN_COUNT + PyTuple_GET_SIZE(fields));
     if (!record)
         goto done;
     for (int column = 0; column < COLUMN_COUNT; column++) {

@@ -11,7 +11,6 @@ Redis go through redis-py's own support.
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any, Callable, Optional, Sequence
 
@@ -23,11 +22,10 @@ except ImportError:  # then redis-py parses every reply
 from ..config import RedisConfig
 from ..errors import RetriableError
 from ..record import CallRecord, record_json
+from .worker import write_parts
 
 #: A record as Redis takes it (:func:`message`): its uuid, whether it is final, its JSON document.
 Message = tuple[str, bool, bytes]
-#: Buffers per sendmsg call (POSIX guarantees 16; Linux takes 1024).
-_IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16, 1024))
 #: Send and read replies on the connection's socket directly (plain TCP or Unix socket, with hiredis).
 #: When off, over TLS (an SSL socket) or without hiredis, every batch goes through redis-py's
 #: send_packed_command and a read_response per reply.
@@ -155,7 +153,9 @@ class RedisSink:
             connection.check_health()  # redis-py's PING after health_check_interval idle seconds
             sock = getattr(connection, "_sock", None)
             if DIRECT_SOCKET and type(sock) is socket.socket and _hiredis is not None:
-                _send_parts(sock, parts)
+                # sendmsg from the parts' own buffers: the batch's megabytes are not joined into one
+                # packet first (redis-py's socket has its timeout: a stuck send raises)
+                write_parts(lambda buffers, _: sock.sendmsg(buffers), parts)
                 _read_replies(sock, commands)
             else:
                 connection.send_packed_command([b"".join(parts)], check_health=False)
@@ -190,19 +190,6 @@ class RedisSink:
                 client.close()
             except Exception:  # noqa: BLE001
                 pass
-
-
-def _send_parts(sock: socket.socket, parts: list[Any]) -> None:
-    """Every part, in order, by sendmsg from the parts' own buffers: no joining the batch's
-    megabytes into one packet first (redis-py's socket has its timeout: a stuck send raises)."""
-    first = 0
-    while first < len(parts):
-        sent = sock.sendmsg(parts[first:first + _IOV_MAX])
-        while first < len(parts) and sent >= len(parts[first]):
-            sent -= len(parts[first])
-            first += 1
-        if sent:  # a part sent in part: its rest goes first next time
-            parts[first] = memoryview(parts[first])[sent:]
 
 
 def _read_replies(sock: socket.socket, commands: int) -> None:

@@ -43,8 +43,8 @@ log = logging.getLogger("fs_cdr.sinks.worker")
 _LENGTH = struct.Struct("!Q")
 #: A request's head: the pickle's length and the body's.
 _HEAD = struct.Struct("!QQ")
-#: Buffers per pwritev call (POSIX guarantees 16; Linux takes 1024).
-_IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16, 1024))
+#: Buffers per pwritev / sendmsg call (POSIX guarantees 16; Linux takes 1024).
+IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16, 1024))
 #: The child's first words on its protocol pipe: it started and imported fs_cdr, and which protocol
 #: it speaks. The same length as the first protocol's, so that each side of a mismatch sees it at
 #: once (the child imports fs_cdr's files from disk: after an upgrade they may be newer than the
@@ -181,7 +181,7 @@ class ProcessSink:
         body_size = sum(len(part) for part in body)
         try:
             # The file first, then the lengths: the child reads the file only once they arrive.
-            _write_all_at(exchange, [data, *body])
+            write_parts(lambda buffers, offset: os.pwritev(exchange, buffers, offset), [data, *body])
             self._exchange_size = max(self._exchange_size, len(data) + body_size)
         except OSError as error:  # the memory file is full (tmpfs, memory limits): a retriable failure
             raise self._lost(child, f"could not be handed the batch ({error})") from None
@@ -269,12 +269,13 @@ def _exchange_file() -> int:
         return os.dup(handle.fileno())
 
 
-def _write_all_at(descriptor: int, parts: list[Any]) -> None:
-    """Write every part, in order, from the start of the file, with as few system calls as the
-    kernel allows (no joining)."""
+def write_parts(write: Callable[[list[Any], int], int], parts: list[Any]) -> None:
+    """Every part, in order, with as few system calls as the kernel allows and no joining:
+    ``write(buffers, offset)`` is one gathering call (pwritev at ``offset``, the bytes written so
+    far; sendmsg) that may take any part of what it is given and says how much it took."""
     first, offset = 0, 0
     while first < len(parts):
-        written = os.pwritev(descriptor, parts[first:first + _IOV_MAX], offset)
+        written = write(parts[first:first + IOV_MAX], offset)
         offset += written
         while first < len(parts) and written >= len(parts[first]):
             written -= len(parts[first])

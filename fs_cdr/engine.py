@@ -15,10 +15,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .channel import HANGUP_EVENT, Headers, decode_event, dumps, header, shown
 from .config import CdrConfig
 from .errors import ConfigError
-from .realtime import COMPLETED, STATES, UpdateBuilder, sequence
+from .realtime import COMPLETED, REMOVED, STATES, ChannelOrder, UpdateBuilder, sequence
 from .record import CallRecord, RecordBuilder, compiled_split
 from .sinks import lanes_for, targets
-from .sinks.sql import REMOVED
 from .writer import Guard, SinkLane
 
 log = logging.getLogger("fs_cdr.engine")
@@ -56,6 +55,8 @@ class Engine:
         self.config = config
         self.builder = RecordBuilder(config)
         self.updates = UpdateBuilder(config)
+        #: real-time mode: what was last dispatched per channel (late and stale updates stay out)
+        self.order = ChannelOrder()
         self.lane_factory = lane_factory
         self.lanes: Sequence[SinkLane] = lane_factory(config)
         self.guard = Guard(lambda: self.lanes, config.durable_window_ms / 1000.0)
@@ -177,6 +178,8 @@ class Engine:
         return record
 
     def _dispatch(self, record: CallRecord, final: bool) -> None:
+        if self.config.real and not self.order.admit(record):
+            return  # an update older than what the sinks already have: FreeSWITCH delivered it late
         now = time.monotonic()
         with self._swap:
             lanes = self.lanes if final else [lane for lane in self.lanes if lane.realtime]
@@ -261,6 +264,7 @@ class Engine:
             "events": self.events,
             "records": self.records,
             "updates": self.updates_seen,
+            "stale_updates": self.order.stale,
             "real": self.config.real,
             "skipped": self.skipped,
             "malformed": self.malformed,

@@ -3,7 +3,8 @@
     CdrError
     ├── ConfigError          a cdr.json problem; names the key path (``cdr.database.table``)
     └── SinkError            a write did not happen; wraps the driver's exception
-        ├── RetriableError   connection lost, timeout, deadlock: the same batch may succeed later
+        ├── RetriableError   connection lost, timeout: the same batch may succeed later
+        │   └── TransientError   deadlock, serialization failure: rolled back, may succeed at once
         └── RejectedError    the sink refuses this data: retrying the same record cannot help
 
 Driver exceptions are wrapped at the sink boundary with ``raise ... from e`` so that the
@@ -32,6 +33,12 @@ class SinkError(CdrError):
 
 class RetriableError(SinkError):
     """The sink is unreachable, slow or busy; the batch may be written later."""
+
+
+class TransientError(RetriableError):
+    """The database rolled the batch back to resolve a conflict with another transaction (a
+    deadlock, a serialization failure): the connection is fine and the same batch is retried at
+    once, without backing off and without counting the sink as failing."""
 
 
 class RejectedError(SinkError):

@@ -3,15 +3,22 @@
 Each channel event below becomes an *update*: the same record the builder makes, from what the event
 knows so far, with ``call_state`` saying where the call is and without ``details`` (the hangup record
 has them). CHANNEL_HANGUP_COMPLETE still writes the final record, identical to hangup-only mode.
-Updates and the final record of one uuid go through the same writer thread, in FreeSWITCH's order;
-every upsert carries ``event_seq`` and the table keeps the newest (see ``Dialect.fresher``), so a
-replayed or late update never rolls a row back, and a completed row is never overwritten by an update.
+
+FreeSWITCH does not always deliver one channel's events in order: at load a CHANNEL_HANGUP may come
+after its CHANNEL_HANGUP_COMPLETE. So records of one uuid are ordered by one rule wherever they meet
+(:func:`supersedes`), never by arrival: a final record (``completed``, or ``removed`` for a leg left
+out at its end) is never replaced by an update; of two updates, or two finals, the higher
+``event_seq`` wins. The engine drops an update that an already dispatched record supersedes
+(:class:`ChannelOrder`), a batch keeps per uuid the record that supersedes the others
+(``writer._unique``), and every SQL upsert carries the same rule as its condition (``Dialect.fresher``),
+for what meets in the table: replays from the spool, other writers, other switches.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import replace
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from .channel import Headers, clean_text, header
 from .schema import SHORT_LIMIT
@@ -32,6 +39,11 @@ STATES = {
     "CHANNEL_HANGUP": "hangup",
 }
 COMPLETED = "completed"
+#: call_state of a real-time row whose leg turned out to be left out (process_cdr, skip variable):
+#: the row written while the call was up is deleted.
+REMOVED = "removed"
+#: The states of a leg's last record: nothing that follows replaces them.
+FINAL_STATES = frozenset((COMPLETED, REMOVED))
 
 #: The headers an update reads. Inside FreeSWITCH these are fetched one by one with getHeader, which
 #: costs far less than serializing the whole event (updates are most of the events in real-time mode).
@@ -86,3 +98,52 @@ class UpdateBuilder:
             # the same treatment the builder gives every short column
             record["bridge_uuid"] = clean_text(other)[:SHORT_LIMIT] if other else None
         return record
+
+
+def is_final(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` is a leg's last word (a record without ``call_state`` is a hangup record)."""
+    return record.get("call_state", COMPLETED) in FINAL_STATES
+
+
+def supersedes(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """The ordering rule for two records of one uuid: whether ``new`` takes the place of ``old``.
+    A final record beats an update whatever their order; otherwise the higher ``event_seq`` wins,
+    and of two equal ones the later (a replay of the same event)."""
+    new_final, old_final = is_final(new), is_final(old)
+    if new_final != old_final:
+        return new_final
+    return (new.get("event_seq") or 0) >= (old.get("event_seq") or 0)
+
+
+class ChannelOrder:
+    """What the engine last dispatched per channel, for real-time mode: an update that arrives after
+    its channel's final record, or after a newer update, is stale and is not sent (a table would
+    refuse it; a Redis channel's subscribers would take the old state for the new one).
+
+    Bounded: it remembers the ``limit`` channels seen last, far more than are ever live at once
+    (FreeSWITCH's own limit is max-sessions), and a late event comes within seconds of its final."""
+
+    __slots__ = ("limit", "stale", "_seen")
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        #: records not sent because one already dispatched supersedes them (or is the same final)
+        self.stale = 0
+        self._seen: OrderedDict[object, tuple[bool, int]] = OrderedDict()
+
+    def admit(self, record: Mapping[str, Any]) -> bool:
+        """Whether ``record`` goes to the sinks; remembers it when it does. A final always goes but
+        for the same final again (a stream played twice: a Redis list would hold it twice)."""
+        key = record.get("uuid")
+        final, seq = is_final(record), record.get("event_seq") or 0
+        seen = self._seen
+        last = seen.get(key)
+        if last is not None:
+            if (last[0] and (not final or last[1] == seq)) or (not final and last[1] > seq):
+                self.stale += 1
+                return False
+            seen.move_to_end(key)
+        elif len(seen) >= self.limit:
+            seen.popitem(last=False)
+        seen[key] = (final, seq)
+        return True

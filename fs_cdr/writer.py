@@ -29,12 +29,16 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 from .channel import dumpb, shown
 from .config import BatchSettings, mask_secrets
-from .errors import ConfigError, RejectedError
+from .errors import ConfigError, RejectedError, TransientError
+from .realtime import supersedes
 from .record import CallRecord
 from .retry import Backoff
 from .spool import Journal, Spool, Ticket
 
 log = logging.getLogger("fs_cdr.writer")
+
+#: How often a batch rolled back by a deadlock is retried at once before it counts as a failure.
+TRANSIENT_RETRIES = 3
 
 
 class Sink(Protocol):
@@ -66,6 +70,10 @@ class LaneStats:
     written: int = 0
     rejected: int = 0
     retries: int = 0
+    #: written records that a newer record of their uuid in the same batch replaced (real-time mode)
+    coalesced: int = 0
+    #: batches rolled back by a deadlock and retried at once (TransientError)
+    conflicts: int = 0
     replayed: int = 0
     last_error: str = ""
     last_error_at: float = 0.0
@@ -98,14 +106,19 @@ class _Batch:
 
 
 def _unique(records: list[CallRecord]) -> list[CallRecord]:
-    """Keep the last record per uuid: several upserts of one key in one batch are wasted work,
-    and some databases (SQL Server's MERGE) refuse them outright."""
+    """One record per uuid, the one that supersedes the others (``realtime.supersedes``: a final
+    record over any update, else the higher ``event_seq``), at the place of that uuid's first record.
+    Several upserts of one key in one batch are wasted work, some databases (SQL Server's MERGE)
+    refuse them outright, and keeping the last *arrived* would let a late update hide the final."""
     if len(records) < 2:
         return records
-    latest: dict[object, CallRecord] = {}
+    chosen: dict[object, CallRecord] = {}
     for record in records:
-        latest[record["uuid"]] = record
-    return records if len(latest) == len(records) else list(latest.values())
+        key = record["uuid"]
+        held = chosen.get(key)
+        if held is None or supersedes(record, held):
+            chosen[key] = record
+    return records if len(chosen) == len(records) else list(chosen.values())
 
 
 @dataclass
@@ -173,7 +186,7 @@ class SinkWriter:
             if not held and not queue:
                 return due
             oldest = (held[0] if held else queue[0]).since
-            if everything or (self.lane.failures and now - oldest > window_s):
+            if everything or (self.lane.failing_for(now) > window_s and now - oldest > window_s):
                 entries = held + list(queue)
                 if inflight:
                     inflight.spooled = True
@@ -305,7 +318,10 @@ class SinkWriter:
         """Write one batch, retrying retriable errors, until written, spooled, or stopping."""
         lane = self.lane
         failures = 0
+        conflicts = 0
         records = _unique(batch.records) if lane.coalesce else batch.records
+        # records of a uuid that another record of the batch superseded: the row holds their newer state
+        merged = len(batch.records) - len(records)
         encoded: Optional[list[Any]] = None
         try:
             while True:
@@ -325,11 +341,26 @@ class SinkWriter:
                         return True
                     records, encoded = self._isolate(records), None
                     if not records:
+                        lane.wrote(0, merged)
                         return True
                     # the sink failed half-way through: back off like any failure, then retry the rest
                     failures += 1
                     lane.failed(RuntimeError("the sink failed while isolating a refused record"), failures)
                     if self._pause(lane.backoff.compute(failures)):
+                        return False
+                    continue
+                except TransientError as error:
+                    # A deadlock with another writer or switch: the database rolled the batch back and
+                    # the connection is fine. Retried at once, a few times, before it counts as a failure
+                    # (which would let the guard move the lane's records to the spool).
+                    conflicts += 1
+                    if conflicts <= TRANSIENT_RETRIES:
+                        lane.conflicted(error)
+                        continue
+                    self._close_sink()
+                    failures += 1
+                    lane.failed(error, failures)
+                    if batch.ticket is not None or self._pause(lane.backoff.compute(failures)):
                         return False
                     continue
                 except Exception as error:  # RetriableError, ConfigError, and driver bugs alike
@@ -343,7 +374,7 @@ class SinkWriter:
                     if self._pause(lane.backoff.compute(failures)):
                         return False
                     continue
-                lane.wrote(len(records))
+                lane.wrote(len(records), merged)
                 if batch.spooled:
                     lane.written_after_spooling(records)
                 return True
@@ -469,6 +500,8 @@ class SinkLane:
         self.stats = LaneStats()
         self.degraded = self.spool.pending > 0
         self.failures = 0
+        #: monotonic time of the first failure since the last write (0: writing)
+        self._failing_since = 0.0
         self._rejected_path = os.path.join(spool_dir, name, "rejected.jsonl")
         self._lock = threading.Lock()
         # Held by the guard from taking records out of memory until the spool counts them: without
@@ -526,17 +559,40 @@ class SinkLane:
             self.degraded = False
             log.info("sink %s: healthy again, spool replayed", self.name)
 
-    def wrote(self, count: int) -> None:
+    def wrote(self, count: int, merged: int = 0) -> None:
+        """``count`` records written, and ``merged`` more whose uuid's newer record was written in
+        their place (they count as written: the sink holds their channel's newest state)."""
         with self._lock:
-            self.stats.written += count
+            self.stats.written += count + merged
+            self.stats.coalesced += merged
             self.stats.last_write_at = time.time()
             self.failures = 0
+            self._failing_since = 0.0
+
+    def failing_for(self, now: float) -> float:
+        """How long the sink has failed without a write in between (0 while it writes). The guard
+        spools a lane's memory only once this exceeds the window: one lost connection that the
+        next attempt restores is not an outage, and the journal keeps those records safe meanwhile."""
+        since = self._failing_since
+        return now - since if since and self.failures else 0.0
+
+    def conflicted(self, error: BaseException) -> None:
+        """A batch rolled back by a deadlock, about to be retried at once: counted, logged at the first."""
+        with self._lock:
+            self.stats.retries += 1
+            self.stats.conflicts += 1
+            first = self.stats.conflicts == 1
+        if first:
+            log.info("sink %s: a batch met a deadlock and is retried at once (counted in status as conflicts): %s",
+                     self.name, mask_secrets(str(error), self.secrets)[:300])
 
     def failed(self, error: BaseException, failures: int) -> None:
         message = mask_secrets(f"{type(error).__name__}: {error}", self.secrets)[:300]
         with self._lock:
             self.stats.retries += 1
             self.failures = failures
+            if not self._failing_since:
+                self._failing_since = time.monotonic()
             first = self.stats.last_error != message
             self.stats.last_error = message
             self.stats.last_error_at = time.time()
@@ -623,6 +679,8 @@ class SinkLane:
             "journaled": self.journal.held,
             "rejected": stats.rejected,
             "retries": stats.retries,
+            "conflicts": stats.conflicts,
+            "coalesced": stats.coalesced,
             "replayed": stats.replayed,
             "last_error": stats.last_error,
             # the sink workers' process ids (fs_cdr/sinks/worker.py), when the sink runs in workers

@@ -19,7 +19,7 @@ import pytest
 
 from fs_cdr.cli import main
 from fs_cdr.config import BatchSettings, DatabaseConfig, parse_config
-from fs_cdr.errors import ConfigError, RejectedError, RetriableError
+from fs_cdr.errors import ConfigError, RejectedError, RetriableError, TransientError
 from fs_cdr.schema import DETAILS, STANDARD_COLUMNS, Column, table_columns
 from fs_cdr.sinks import odbc, oracle, sqlserver
 from fs_cdr.sinks.mysql import MySQL
@@ -200,7 +200,7 @@ def test_sqlserver_upserts_go_out_as_parameter_arrays_with_declared_types() -> N
         (lambda p: p.ProgrammingError("String data, right truncation: length 14 buffer 10", "HY000"), RejectedError),
         (lambda p: p.OperationalError("08S01", "[08S01] Communication link failure (10054) (SQLExecute)"),
          RetriableError),
-        (lambda p: p.Error("40001", "[40001] Transaction was deadlocked (1205) (SQLExecute)"), RetriableError),
+        (lambda p: p.Error("40001", "[40001] Transaction was deadlocked (1205) (SQLExecute)"), TransientError),
         (lambda p: p.OperationalError("HYT00", "[HYT00] Query timeout expired (0) (SQLExecute)"), RetriableError),
         (lambda p: p.ProgrammingError("42S02", "[42S02] Invalid object name 'cdr'. (208) (SQLExecute)"),
          RetriableError),
@@ -321,7 +321,7 @@ def raised(error: Any) -> BaseException:
         (raised(ora(1, "unique constraint (CDR.SYS_C008) violated")), RejectedError),
         (raised(ora(1400, 'cannot insert NULL into ("CDR"."UUID")')), RejectedError),
         (raised(ora(1722, "invalid number")), RejectedError),
-        (raised(ora(60, "deadlock detected while waiting for resource")), RetriableError),
+        (raised(ora(60, "deadlock detected while waiting for resource")), TransientError),
         (raised(ora(3113, "end-of-file on communication channel")), RetriableError),
         (raised(ora(942, "table or view does not exist")), RetriableError),
         (oracle.PartialBatch([(3, "ORA-12899: value too large")], 10), RejectedError),
@@ -645,3 +645,23 @@ def test_every_standard_column_has_a_type_in_each_new_dialect() -> None:
     kinds = {column.kind for column in STANDARD_COLUMNS + (DETAILS,)} | {"long", "number"}
     for dialect in (sqlserver.SqlServer(), oracle.Oracle()):
         assert kinds <= set(dialect.types), dialect.name
+
+
+def test_deadlocks_are_transient_in_every_dialect() -> None:
+    """A batch a database rolled back to break a deadlock is retried at once (writer.TRANSIENT_RETRIES)."""
+    import MySQLdb
+    import psycopg
+
+    from fs_cdr.sinks import mysql, oracle, postgres
+
+    assert type(mysql.MySQL().classify(MySQLdb.OperationalError(1213, "Deadlock found"))) is TransientError
+    assert type(mysql.MySQL().classify(MySQLdb.OperationalError(2013, "Lost connection"))) is RetriableError
+    deadlock = psycopg.errors.DeadlockDetected("deadlock detected")
+    assert type(postgres.PostgreSQL().classify(deadlock)) is TransientError
+    assert type(postgres.PostgreSQL().classify(psycopg.OperationalError("server closed"))) is RetriableError
+
+    class OracleError(Exception):
+        pass
+
+    detail = type("Detail", (), {"code": 60})()
+    assert type(oracle.Oracle().classify(OracleError(detail))) is TransientError

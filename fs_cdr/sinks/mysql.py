@@ -17,7 +17,7 @@ import functools
 from typing import Any, Sequence
 
 from ..config import DatabaseConfig
-from ..errors import RejectedError, RetriableError, SinkError
+from ..errors import RejectedError, RetriableError, SinkError, TransientError
 from ..schema import Column
 from .sql import Dialect
 
@@ -32,6 +32,13 @@ _REJECTED_CODES = frozenset(
         1366,  # incorrect string value (bad UTF-8 for the column's charset)
         1406,  # data too long for column
         1452,  # foreign key constraint
+    }
+)
+#: The server rolled the transaction back to resolve a lock conflict: the batch is retried at once.
+_TRANSIENT_CODES = frozenset(
+    {
+        1213,  # deadlock found when trying to get lock
+        1205,  # lock wait timeout exceeded
     }
 )
 #: ssl_mode values under which a connection must be encrypted.
@@ -175,4 +182,6 @@ class MySQL(Dialect):
         code = args[0] if args and isinstance(args[0], int) else None
         if code in _REJECTED_CODES or isinstance(error, (MySQLdb.DataError, MySQLdb.IntegrityError)):
             return RejectedError(str(error))
+        if code in _TRANSIENT_CODES:
+            return TransientError(str(error))
         return RetriableError(str(error))

@@ -19,9 +19,9 @@ import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ..config import DEFAULT_PORTS, DatabaseConfig
-from ..errors import ConfigError, RejectedError, RetriableError, SinkError
+from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
 from ..schema import DETAILS, STANDARD_COLUMNS, Column
-from .sql import Dialect
+from .sql import TRANSIENT_STATES, Dialect
 
 #: A SQLSTATE: five characters, digits and capitals (22001, 08S01, HYT00).
 _SQLSTATE = re.compile(r"^[0-9A-Z]{5}$")
@@ -190,6 +190,8 @@ def classify(error: BaseException, rejected_codes: frozenset[int] = frozenset())
     if "String data, right truncation" in str(error):
         # pyodbc's own check, before anything is sent: a value longer than its declared parameter.
         return RejectedError(str(error))
+    if state in TRANSIENT_STATES:
+        return TransientError(str(error))
     return RetriableError(str(error))
 
 

@@ -37,7 +37,7 @@ from typing import Any, Optional, Sequence
 from urllib.parse import urlencode
 
 from ..config import DatabaseConfig
-from ..errors import ConfigError, RejectedError, RetriableError, SinkError
+from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
 from .odbc import parameter_kinds
 from .sql import Dialect
 
@@ -314,4 +314,6 @@ class Oracle(Dialect):
     def classify(self, error: BaseException) -> SinkError:
         if isinstance(error, PartialBatch) or is_rejection(error):
             return RejectedError(str(error))
+        if error_code(error) == 60:  # ORA-00060: deadlock detected while waiting for resource
+            return TransientError(str(error))
         return RetriableError(str(error))

@@ -13,15 +13,16 @@ import time
 from typing import Any, Optional, Sequence
 
 from ..config import DatabaseConfig
-from ..errors import ConfigError, RejectedError, RetriableError, SinkError
+from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
+from ..realtime import REMOVED
 from ..record import CallRecord
 from ..schema import Column
 
 log = logging.getLogger("fs_cdr.sinks.sql")
 
-#: call_state of a real-time row whose leg turned out to be left out (process_cdr, skip variable):
-#: the row written while the call was up is deleted.
-REMOVED = "removed"
+#: SQLSTATEs of a transaction rolled back to resolve a conflict with another: serialization failure
+#: (SQL Server's deadlock victim 1205 too), PostgreSQL's deadlock_detected.
+TRANSIENT_STATES = frozenset({"40001", "40P01"})
 #: After a batch of new rows met a row already in the table (a replay after a crash, an import, the
 #: same calls again), the sink upserts for this long before it tries the bulk path again.
 BULK_PAUSE_S = 60.0
@@ -118,6 +119,7 @@ class SqlSink:
         self.columns = tuple(columns)
         self.names = tuple(column.name for column in columns)
         self.statement = dialect.upsert(config.table, self.names)
+        self._key = self.names.index("uuid")
         self.delete_statement = (f"DELETE FROM {dialect.quote(config.table)} "
                                  f"WHERE {dialect.quote('uuid')} = {dialect.placeholder}")
         self.create = create
@@ -211,8 +213,14 @@ class SqlSink:
         return statements
 
     def rows(self, records: Sequence[CallRecord]) -> list[tuple[Any, ...]]:
+        """The batch's parameter rows, in uuid order: two writers (or switches) upserting into one
+        table then take their row and gap locks in the same order, which keeps InnoDB from
+        deadlocking their multi-row statements on a shared page."""
         names = self.names
-        return [tuple([record.get(name) for name in names]) for record in records]
+        rows = [tuple([record.get(name) for name in names]) for record in records]
+        key = self._key
+        rows.sort(key=lambda row: row[key] or "")
+        return rows
 
     def write(self, records: Sequence[CallRecord]) -> None:
         connection = self.connection
@@ -270,9 +278,12 @@ class SqlSink:
 
 
 def rejected_or_retriable(error: BaseException, rejected: tuple[type, ...]) -> SinkError:
-    """The usual rule: data and integrity errors are the record's fault, the rest is the server's."""
+    """The usual rule: data and integrity errors are the record's fault, the rest is the server's; a
+    deadlock or serialization failure (SQLSTATE 40001, 40P01) is retried at once."""
     if isinstance(error, rejected):
         return RejectedError(str(error))
+    if getattr(error, "sqlstate", None) in TRANSIENT_STATES:
+        return TransientError(str(error))
     return RetriableError(str(error))
 
 

@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Any, BinaryIO, Callable, Optional, Sequence
 
-from ..errors import ConfigError, RejectedError, RetriableError
+from ..errors import ConfigError, RejectedError, RetriableError, TransientError
 
 log = logging.getLogger("fs_cdr.sinks.worker")
 
@@ -212,6 +212,8 @@ class ProcessSink:
             raise ConfigError(answer[1], answer[2])
         if kind == "rejected":
             raise RejectedError(answer[1])
+        if kind == "transient":
+            raise TransientError(answer[1])
         raise RetriableError(answer[1])
 
     def _read(self, child: subprocess.Popen, size: int, timeout_s: float, greedy: bool = False) -> bytes:
@@ -362,6 +364,8 @@ def serve() -> None:
             answer = ("config", error.path, error.message)
         except RejectedError as error:
             answer = ("rejected", str(error))
+        except TransientError as error:
+            answer = ("transient", str(error))
         except RetriableError as error:
             answer = ("retriable", str(error))
         except Exception as error:  # noqa: BLE001 - a driver bug is still only this batch's failure

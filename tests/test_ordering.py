@@ -1,0 +1,273 @@
+"""One ordering rule for the records of one uuid, wherever they meet (issue: late CHANNEL_HANGUP).
+
+At load FreeSWITCH sometimes delivers a leg's CHANNEL_HANGUP after its CHANNEL_HANGUP_COMPLETE. Whatever
+the order, duplicates and batch boundaries of a leg's recorded events, every leg must end as exactly the
+record hangup-only mode writes: in every SQL dialect, and on Redis (the list holds each final once, the
+channel's last message of a leg is its final)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import connect, database_entry, drop_table, make_config, rows, scenario_events
+from fs_cdr.engine import Engine, probe_config
+from fs_cdr.realtime import COMPLETED, ChannelOrder, supersedes
+from fs_cdr.writer import _unique
+
+#: Recorded scenarios with bridges, a transfer, an unanswered bridge and a busy gateway.
+SCENARIOS = ("live_extension_to_extension", "live_transfer", "c_bridge_noanswer", "live_gateway_busy")
+CHANNEL_EVENTS = ("CHANNEL_CREATE", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_ANSWER", "CHANNEL_BRIDGE",
+                  "CHANNEL_UNBRIDGE", "CHANNEL_HOLD", "CHANNEL_UNHOLD", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE")
+
+
+def channel_events(scenario: str) -> list[dict]:
+    return [event for event in scenario_events(scenario) if event["Event-Name"] in CHANNEL_EVENTS]
+
+
+def late_hangups(events: list[dict]) -> list[dict]:
+    """The stream as FreeSWITCH delivered it at load: each CHANNEL_HANGUP right after its leg's
+    CHANNEL_HANGUP_COMPLETE."""
+    hangups = {event["Unique-ID"]: event for event in events if event["Event-Name"] == "CHANNEL_HANGUP"}
+    out = []
+    for event in events:
+        if event["Event-Name"] == "CHANNEL_HANGUP":
+            continue
+        out.append(event)
+        if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE" and event["Unique-ID"] in hangups:
+            out.append(hangups[event["Unique-ID"]])
+    return out
+
+
+def test_a_completed_record_is_never_replaced_by_an_update() -> None:
+    final = {"uuid": "a", "call_state": COMPLETED, "event_seq": 96297}
+    late = {"uuid": "a", "call_state": "hangup", "event_seq": 96170}
+    newer = {"uuid": "a", "call_state": "hangup", "event_seq": 99999}
+    assert supersedes(final, late) and not supersedes(late, final) and not supersedes(newer, final)
+    assert _unique([final, late]) == [final]  # the batch that lost the final record before
+    assert _unique([late, final]) == [final]
+    bridged = {"uuid": "a", "call_state": "bridged", "event_seq": 10}
+    answered = {"uuid": "a", "call_state": "answered", "event_seq": 5}
+    assert _unique([bridged, answered]) == [bridged]  # of two updates the higher event_seq wins
+    other = {"uuid": "b", "call_state": COMPLETED, "event_seq": 1}
+    assert _unique([late, other, final]) == [final, other]  # never a record dropped but a superseded one
+
+
+def test_the_engine_keeps_late_and_stale_updates_from_the_sinks() -> None:
+    order = ChannelOrder()
+    assert order.admit({"uuid": "a", "call_state": "answered", "event_seq": 5})
+    assert not order.admit({"uuid": "a", "call_state": "created", "event_seq": 1})  # older than what went
+    assert order.admit({"uuid": "a", "call_state": COMPLETED, "event_seq": 9})
+    assert not order.admit({"uuid": "a", "call_state": "hangup", "event_seq": 7})  # after the final
+    assert not order.admit({"uuid": "a", "call_state": COMPLETED, "event_seq": 9})  # the same final again
+    assert order.stale == 3
+    small = ChannelOrder(limit=2)
+    for key in "abc":
+        assert small.admit({"uuid": key, "call_state": COMPLETED, "event_seq": 1})
+    assert len(small._seen) == 2  # bounded
+
+
+def _hangup_only_rows(kind: str, tmp_path, table: str, events: list[dict]) -> dict[str, dict]:
+    config = make_config({"cdr": {"details": True, "database": dict(database_entry(kind, table, tmp_path), name="h"),
+                                  "spool_dir": str(tmp_path / "spool_h")}}, tmp_path)
+    engine = Engine(config).start()
+    try:
+        for event in events:
+            if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE":
+                engine.handle(event)
+        assert engine.flush(10)
+    finally:
+        engine.stop()
+    return {row["uuid"]: row for row in rows(kind, tmp_path, table)}
+
+
+def records_of(builder: Engine, events: list[dict]) -> list[dict]:
+    """The records an engine builds from ``events``, in their order, late updates included."""
+    out = []
+    for event in events:
+        name = event["Event-Name"]
+        if name == "CHANNEL_HANGUP_COMPLETE":
+            record = builder.builder.build(event)
+            if record is not None:
+                record.update(call_state=COMPLETED, event_seq=int(event["Event-Sequence"]))
+        else:
+            record = builder.updates.build(event, name)
+        if record is not None:
+            out.append(record)
+    builder.stop()
+    return out
+
+
+def _clear(kind: str, tmp_path, table: str) -> None:
+    connection = connect(kind, tmp_path)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"DELETE FROM {table}")
+        connection.commit()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_a_late_hangup_leaves_every_leg_completed_with_its_details(sql_kind, table_name, tmp_path, engines,
+                                                                   scenario) -> None:
+    """The stream of the report: every CHANNEL_HANGUP after its HANGUP_COMPLETE, all in one batch."""
+    events = late_hangups(channel_events(scenario))
+    expected = _hangup_only_rows(sql_kind, tmp_path, table_name + "_h", events)
+    try:
+        config = make_config({"cdr": {"details": True, "database": dict(
+            database_entry(sql_kind, table_name, tmp_path), real=True)}}, tmp_path)
+        engine = engines(config)
+        for event in events:
+            engine.handle(event)
+        assert engine.flush(10)
+        found = {row["uuid"]: row for row in rows(sql_kind, tmp_path, table_name)}
+        assert found == expected
+        assert all(row["call_state"] == COMPLETED for row in found.values())
+    finally:
+        drop_table(sql_kind, tmp_path, table_name + "_h")
+
+
+@st.composite
+def deliveries(draw, events: list[dict]) -> list[tuple[dict, bool]]:
+    """Any order of the events, some of them twice (a replay), each followed or not by a flush (a
+    batch boundary)."""
+    chosen = list(events) + draw(st.lists(st.sampled_from(events), max_size=len(events)))
+    order = draw(st.permutations(chosen))
+    cuts = draw(st.lists(st.booleans(), min_size=len(order), max_size=len(order)))
+    return list(zip(order, cuts))
+
+
+@pytest.mark.parametrize("scenario", ["live_extension_to_extension", "live_transfer"])
+def test_any_order_duplicates_and_batches_end_as_the_hangup_record(sql_kind, table_name, tmp_path, scenario) -> None:
+    events = channel_events(scenario)
+    expected = _hangup_only_rows(sql_kind, tmp_path, table_name + "_h", events)
+    config = make_config({"cdr": {"details": True, "database": dict(
+        database_entry(sql_kind, table_name, tmp_path), real=True, workers=2)}}, tmp_path)
+    probe_config(config)
+    engine = Engine(config).start()
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(deliveries(events))
+    def check(delivered: list[tuple[dict, bool]]) -> None:
+        _clear(sql_kind, tmp_path, table_name)
+        engine.order = ChannelOrder()  # a fresh engine's memory
+        for event, cut in delivered:
+            engine.handle(event)
+            if cut:
+                assert engine.flush(10)
+        assert engine.flush(10)
+        found = {row["uuid"]: row for row in rows(sql_kind, tmp_path, table_name)}
+        assert found == expected
+
+    try:
+        check()
+    finally:
+        engine.stop()
+        drop_table(sql_kind, tmp_path, table_name + "_h")
+
+
+def test_records_of_one_leg_in_any_order_in_a_lane_and_its_spool(sql_kind, table_name, tmp_path) -> None:
+    """Below the engine (a spool replayed after a restart has no engine memory): records offered to a
+    lane, and records waiting in its spool, in any order, end as the final record."""
+    events = late_hangups(channel_events("live_extension_to_extension"))
+    expected = _hangup_only_rows(sql_kind, tmp_path, table_name + "_h", events)
+    config = make_config({"cdr": {"details": True, "database": dict(
+        database_entry(sql_kind, table_name, tmp_path), real=True)}}, tmp_path)
+    probe_config(config)
+    records = records_of(Engine(config), events)
+    assert any(record["call_state"] == "hangup" for record in records)
+    try:
+        for rotation in range(len(records)):
+            _clear(sql_kind, tmp_path, table_name)
+            order = records[rotation:] + records[:rotation]
+            engine = Engine(config)
+            lane = engine.lanes[0]
+            lane.spool.append(order[: len(order) // 2])  # waiting on disk from before a restart
+            engine.start()
+            for record in order[len(order) // 2:] + order[:2]:
+                lane.offer(record, 0.0)
+            assert engine.flush(10)
+            engine.stop()
+            found = {row["uuid"]: row for row in rows(sql_kind, tmp_path, table_name)}
+            assert found == expected, rotation
+    finally:
+        drop_table(sql_kind, tmp_path, table_name + "_h")
+
+
+def test_redis_lists_each_final_once_and_publishes_it_last(tmp_path, engines, table_name) -> None:
+    import redis
+
+    key = f"fs_cdr_test:{table_name}"
+    client = redis.Redis()
+    pubsub = client.pubsub()
+    pubsub.subscribe(key)
+    pubsub.get_message(timeout=2)
+    events = channel_events("live_extension_to_extension")
+    doubled = late_hangups(events) + late_hangups(events)  # and everything again, as a replay
+    try:
+        engine = engines(make_config({"cdr": {"redis": {"channel": key, "list": key, "real": True}}}, tmp_path))
+        for event in doubled:
+            engine.handle(event)
+        assert engine.flush(10)
+        last: dict[str, dict] = {}
+        while True:
+            message = pubsub.get_message(timeout=1)
+            if message is None:
+                break
+            if message["type"] == "message":
+                document = json.loads(message["data"])
+                last[document["uuid"]] = document
+        listed = [json.loads(item) for item in client.lrange(key, 0, -1)]
+        finals = {event["Unique-ID"] for event in events if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"
+                  and event.get("variable_fs_cdr_skip") != "true"}
+        assert sorted(document["uuid"] for document in listed) == sorted(finals)  # each final once
+        assert {uuid: document["call_state"] for uuid, document in last.items() if uuid in finals} == \
+            {uuid: COMPLETED for uuid in finals}
+    finally:
+        pubsub.close()
+        client.delete(key)
+
+
+def test_a_deadlock_with_another_writer_is_retried_at_once_not_spooled(table_name, tmp_path, engines) -> None:
+    """A real InnoDB deadlock between fs_cdr's batch and another transaction on the same rows: the
+    database rolls fs_cdr's batch back, fs_cdr retries it at once and nothing goes through the spool."""
+    import threading
+
+    import MySQLdb
+
+    calls = [event for event in channel_events("b_bridge_null") if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
+    first, second = sorted(event["Unique-ID"] for event in calls)
+    config = make_config({"cdr": {"database": dict(database_entry("mysql", table_name, tmp_path))}}, tmp_path)
+    engine = engines(config)
+    try:
+        for event in calls:
+            engine.handle(event)
+        assert engine.flush(10)
+        other = MySQLdb.connect(host="127.0.0.1", user="root", db="test", charset="utf8mb4")
+        cursor = other.cursor()
+        cursor.execute("SET SESSION innodb_lock_wait_timeout = 20")
+        # a heavier transaction than fs_cdr's batch, so that InnoDB chooses fs_cdr's as the victim
+        cursor.executemany(f"INSERT INTO {table_name} (uuid, leg) VALUES (%s, 'a')",
+                           [(f"filler-{n:04d}",) for n in range(300)])
+        cursor.execute(f"UPDATE {table_name} SET caller_id_name = 'other' WHERE uuid = %s", (second,))
+        for event in calls:  # fs_cdr's batch locks `first`, then waits for `second`
+            engine.handle(event)
+        time.sleep(0.6)
+        closing = threading.Thread(target=lambda: (cursor.execute(
+            f"UPDATE {table_name} SET caller_id_name = 'other' WHERE uuid = %s", (first,)), other.commit()))
+        closing.start()  # waits for `first`: a cycle, which InnoDB breaks by rolling fs_cdr's batch back
+        closing.join(20)
+        assert not closing.is_alive()
+        other.close()
+        assert engine.flush(20)
+        status = engine.lanes[0].status()
+        assert status["conflicts"] >= 1, status
+        assert status["replayed"] == 0 and status["spooled"] == 0 and status["healthy"], status
+        assert status["written"] == status["received"] == 4, status
+    finally:
+        drop_table("mysql", tmp_path, table_name)

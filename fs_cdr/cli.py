@@ -76,13 +76,18 @@ def _show_rows(config: CdrConfig, uuids: list[str]) -> None:
 def cmd_play(args: argparse.Namespace) -> int:
     config = load(args.config)
     engine = Engine(config).start()
-    uuids = play(engine, args.events)
-    flushed = engine.flush(args.timeout)
-    print(format_status(engine.status()), end="")
-    engine.stop()
+    unreadable: list[str] = []
+    try:
+        uuids = play(engine, args.events, unreadable)
+        flushed = engine.flush(args.timeout)
+        print(format_status(engine.status()), end="")
+    finally:
+        engine.stop()  # whatever happened, what the engine holds is written or spooled
     if uuids:
         _show_rows(config, uuids)
-    return 0 if flushed else 1
+    for path in unreadable:
+        print(f"fs-cdr play: cannot read {path}; the other recordings were played", file=sys.stderr)
+    return 0 if flushed and not unreadable else 1
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -186,21 +191,23 @@ def cmd_import(args: argparse.Namespace) -> int:
     progress = Progress(len(paths), "importing")
     imported = skipped = 0
     bad: list[str] = []
-    for path in paths:
-        try:
-            headers = read_cdr_file(path)
-        except (OSError, CdrFileError) as error:
-            bad.append(f"{path}: {error}")
-        else:
-            if engine.handle(headers) is None:
-                skipped += 1
+    try:
+        for path in paths:
+            try:
+                headers = read_cdr_file(path)
+            except (OSError, CdrFileError) as error:
+                bad.append(f"{path}: {error}")
             else:
-                imported += 1
-        progress.step()
-    progress.close()
-    flushed = engine.flush(args.timeout)
-    status = engine.status()
-    engine.stop()
+                if engine.handle(headers) is None:
+                    skipped += 1
+                else:
+                    imported += 1
+            progress.step()
+        progress.close()
+        flushed = engine.flush(args.timeout)
+        status = engine.status()
+    finally:
+        engine.stop()  # whatever happened, what the engine holds is written or spooled
     for line in bad:
         print(f"skipped {line}", file=sys.stderr)
     print(f"{len(paths)} files: {imported} records read, {skipped} legs left out by process_cdr or the "

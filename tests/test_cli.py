@@ -26,6 +26,18 @@ def test_play_writes_every_leg_to_the_default_sqlite_and_shows_them(tmp_path, ca
     assert sqlite3.connect(str(database)).execute("select count(*) from cdr").fetchone() == (TOTAL_ROWS,)
 
 
+def test_play_with_a_missing_recording_plays_the_others_and_says_so(tmp_path, capsys) -> None:
+    """A missing input is an error line naming it, no traceback; the records of the good recording,
+    already handed to the engine, are written; the exit code says an input was missing."""
+    path = write_config(tmp_path, {"database": {"dbtype": "sqlite", "connectionstring": ""}})
+    missing = str(tmp_path / "nonexistent.jsonl")
+    assert main(["-c", path, "play", os.path.join(EVENTS_DIR, "b_bridge_null.jsonl"), missing]) == 1
+    captured = capsys.readouterr()
+    assert f"cannot read {missing}" in captured.err and "Traceback" not in captured.err
+    database = tmp_path / "var" / "fs_cdr.sqlite"
+    assert sqlite3.connect(str(database)).execute("select count(*) from cdr").fetchone() == (2,)
+
+
 def test_schema_prints_create_table_with_configured_fields(tmp_path, capsys) -> None:
     path = write_config(tmp_path, {"fields": ["queue_name", "number:mos"], "log": True})
     assert main(["schema", "-c", path, "--dbtype", "mysql"]) == 0

@@ -20,6 +20,8 @@ from .channel import loads
 _PROFILE = {
     "caller_id_name": "Caller-Caller-ID-Name",
     "caller_id_number": "Caller-Caller-ID-Number",
+    "callee_id_name": "Caller-Callee-ID-Name",
+    "callee_id_number": "Caller-Callee-ID-Number",
     "destination_number": "Caller-Destination-Number",
     "context": "Caller-Context",
     "chan_name": "Caller-Channel-Name",

@@ -23,7 +23,8 @@ from fs_cdr.record import RecordBuilder
 from processes import wait_for
 
 NATIVE_COPY = os.path.join(HERE, "native")
-COMPARED = ("uuid", "leg", "direction", "originator", "bridge_uuid", "caller_id_number", "destination_number",
+COMPARED = ("uuid", "leg", "direction", "originator", "bridge_uuid", "caller_id_number", "caller_id_name",
+            "destination_number",
             "start_epoch", "answer_epoch", "end_epoch", "duration", "billsec", "hangup_cause", "switchname",
             "core_uuid")  # not call_uuid: mod_xml_cdr snapshots call_uuid at another moment than the event
 
@@ -48,7 +49,9 @@ def test_native_cdr_files_give_the_same_record_as_the_hangup_event(kind) -> None
     for path in files:
         record = builder.build(read_cdr_file(path))
         expected = from_events[record["uuid"]]
-        assert {column: record[column] for column in COMPARED} == {column: expected[column] for column in COMPARED}, path
+        # mod_xml_cdr's <callflow><caller_profile> carries callee_id_number; mod_json_cdr's leaves it out on some legs
+        compared = COMPARED + (("callee_id_number",) if kind == "xml_cdr" else ())
+        assert {column: record[column] for column in compared} == {column: expected[column] for column in compared}, path
         details = json.loads(record["details"])
         if kind == "json_cdr":
             assert details == json.loads(expected["details"])

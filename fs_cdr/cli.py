@@ -22,11 +22,12 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from .config import DBTYPES, CdrConfig, Paths, load_config
+from .config import CdrConfig, Paths, load_config
 from .engine import Engine, format_status
 from .errors import ConfigError
 from .schema import table_columns
 from .sinks import lanes_for, targets
+from .sinks.database import DBTYPES
 from .sinks.sql import SqlSink, dialect_for
 from .source import play
 from .spool import SpoolBusy

@@ -9,10 +9,35 @@ an optional body of ``Content-Length`` bytes, ``auth``, ``api`` and ``event json
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import unquote
 
 from .channel import decode_event
+from .config import Section
+
+
+@dataclass(frozen=True)
+class EventSocketConfig:
+    """Where the sidecar (``fs-cdr run``) and ``fs-cdr status`` reach FreeSWITCH's event socket."""
+
+    host: str = "127.0.0.1"
+    port: int = 8021
+    password: str = field(default="ClueCon", repr=False)
+
+
+def parse_event_socket(value: object, path: str) -> EventSocketConfig:
+    """The ``event_socket`` object; left out, FreeSWITCH's defaults (127.0.0.1:8021, ClueCon)."""
+    if value is None:
+        return EventSocketConfig()
+    section = Section(path, value)
+    config = EventSocketConfig(
+        host=section.text("host", "127.0.0.1"),
+        port=section.integer("port", 8021, 1, 65535),
+        password=section.text("password", "ClueCon"),
+    )
+    section.done()
+    return config
 
 
 class EslError(Exception):

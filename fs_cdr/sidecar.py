@@ -11,7 +11,7 @@ import logging
 import threading
 
 from .channel import HANGUP_EVENT
-from .config import EventSocketConfig
+from .esl import EventSocketConfig
 from .engine import Engine
 from .esl import EslError, EventSocket
 from .retry import Backoff

@@ -1,5 +1,8 @@
 """Sinks: where records go. Each module is one kind of target; all obey ``writer.Sink``.
 
+A sink's module reads its own cdr.json section too (``parse_section``) and says how to open it
+(``target``); ``config.SINKS`` maps each key to its module.
+
 ``targets(config)`` lists the configured targets, each knowing how to open a fresh sink (one per
 writer thread); ``lanes_for(config)`` wraps each in a :class:`~fs_cdr.writer.SinkLane` with its
 queue, writers and spool. Checking a configuration needs only the former, so it never touches a
@@ -11,11 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
-from ..config import BatchSettings, CdrConfig, config_secrets
-from ..errors import ConfigError
-from ..schema import table_columns
+from ..config import BatchSettings, CdrConfig, config_secrets, sink_module
 from ..writer import Sink, SinkLane
-from .sql import SqlSink, dialect_for
 
 
 @dataclass(frozen=True)
@@ -33,30 +33,8 @@ class Target:
 
 
 def targets(config: CdrConfig) -> list[Target]:
-    found: list[Target] = []
-    columns = table_columns(config)
-    for database in config.databases:
-        dialect = dialect_for(database.dbtype, database)
-        if dialect is None:
-            raise ConfigError("cdr.database.dbtype", f"{database.dbtype} is not supported by this build")
-
-        def open_sql(database=database, dialect=dialect) -> Sink:  # bind this iteration's values
-            return SqlSink(dialect, database, columns)
-
-        found.append(Target(database.name, database.describe(), open_sql, database.batch, database.real))
-    if config.redis is not None:
-        from .redis import RedisSink, message
-
-        redis_config = config.redis
-        found.append(Target(redis_config.name, redis_config.describe(), lambda: RedisSink(redis_config),
-                            redis_config.batch, redis_config.real and bool(redis_config.channel), coalesce=False,
-                            encode=message))
-    if config.rabbitmq is not None:
-        from .rabbitmq import RabbitSink
-
-        rabbit_config = config.rabbitmq
-        found.append(Target(rabbit_config.name, rabbit_config.describe(), lambda: RabbitSink(rabbit_config),
-                            rabbit_config.batch, coalesce=False))
+    """Each configured sink's target, made by its own module (config.SINKS: key → module)."""
+    found = [sink_module(settings.key).target(settings, config) for settings in config.sinks]
     return [_in_worker(target) for target in found]
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-from ..config import DatabaseConfig
 from ..errors import RejectedError, RetriableError, SinkError, TransientError
 from ..schema import Column
+from .database import DatabaseConfig
 from .sql import Dialect
 
 #: Server error codes that are the record's fault, not the server's.
@@ -126,7 +126,7 @@ class MySQL(Dialect):
         import MySQLdb
 
         timeout = max(1, int(round(timeout_s)))
-        # TLS from the URL's query (checked by config._sql_options): ssl_mode, and the files as
+        # TLS from the URL's query (checked by database._sql_options): ssl_mode, and the files as
         # mysqlclient's ssl={"ca": ..., "cert": ..., "key": ...}. Passed only when set, so a
         # configuration without TLS still works with a mysqlclient that predates ssl_mode.
         tls: dict[str, Any] = {}

@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from ..config import DEFAULT_PORTS, DatabaseConfig
 from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
 from ..schema import DETAILS, STANDARD_COLUMNS, Column
+from .database import DEFAULT_PORTS, DatabaseConfig
 from .sql import TRANSIENT_STATES, Dialect
 
 #: A SQLSTATE: five characters, digits and capitals (22001, 08S01, HYT00).

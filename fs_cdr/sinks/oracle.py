@@ -36,8 +36,8 @@ import threading
 from typing import Any, Optional, Sequence
 from urllib.parse import urlencode
 
-from ..config import DatabaseConfig
 from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
+from .database import DatabaseConfig
 from .odbc import parameter_kinds
 from .sql import Dialect
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from ..config import DatabaseConfig
 from ..errors import SinkError
+from .database import DatabaseConfig
 from .sql import Dialect, rejected_or_retriable
 
 
@@ -77,7 +77,7 @@ class PostgreSQL(Dialect):
         import psycopg
 
         timeout_ms = int(timeout_s * 1000)
-        # The URL's query (libpq keywords, checked by config._sql_options): TLS and the rest, as they are;
+        # The URL's query (libpq keywords, checked by database._sql_options): TLS and the rest, as they are;
         # the server options given there come before fs_cdr's statement_timeout, which must hold.
         options = dict(config.options)
         server_options = " ".join(filter(None, (options.pop("options", ""), f"-c statement_timeout={timeout_ms}")))

@@ -9,11 +9,91 @@ than dropped: bind a queue and the records flow.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from urllib.parse import unquote
 
-from ..config import RabbitConfig
-from ..errors import RetriableError
+from ..config import BatchSettings, Section, SectionContext, mask_secrets, read_batch, split_url
+from ..errors import ConfigError, RetriableError
+from ..fields import IDENTIFIER, parse_template
 from ..record import CallRecord, record_json
+
+if TYPE_CHECKING:
+    from ..config import CdrConfig
+    from . import Target
+
+
+@dataclass(frozen=True)
+class RabbitConfig:
+    """The ``rabbitmq`` object: persistent messages to an exchange, counted written on publisher confirm."""
+
+    host: str = "127.0.0.1"
+    port: int = 5672
+    virtual_host: str = "/"
+    username: str = "guest"
+    password: str = field(default="guest", repr=False)
+    exchange: str = "cdr"
+    exchange_type: str = "topic"
+    #: routing key, literal or a template of record columns: ``cdr.${direction}.${switchname}``
+    routing_key: tuple[str, ...] = ("cdr",)
+    routing_key_source: str = "cdr"
+    declare: bool = True
+    name: str = "rabbitmq"
+    batch: BatchSettings = BatchSettings()
+    key: ClassVar[str] = "rabbitmq"
+
+    def describe(self) -> str:
+        where = f"amqp://{self.host}:{self.port}{self.virtual_host} exchange {self.exchange} key {self.routing_key_source}"
+        return mask_secrets(where, self.secrets())
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self.password,) if self.password != "guest" else ()
+
+
+def parse_routing_key(text: str, path: str) -> tuple[str, ...]:
+    """A routing key template of record columns, ``cdr.${direction}``, parsed like a ``fields`` template."""
+    parts = parse_template(text, path, IDENTIFIER, "column name", need_reference=False)
+    if len(text.encode()) > 255:
+        raise ConfigError(path, "a routing key is at most 255 bytes")
+    return parts
+
+
+def parse_section(value: object, path: str, context: SectionContext) -> tuple[RabbitConfig]:
+    section = Section(path, value)
+    host, port, vhost, username, password = "127.0.0.1", 5672, "/", "guest", "guest"
+    url_text = section.text("url")
+    if url_text:
+        url, port = split_url(url_text, section.key("url"), "amqp://user:password@host:5672/vhost",
+                               ("amqp", "amqps"))
+        host, port = url.hostname, port or 5672
+        vhost = unquote(url.path[1:]) if len(url.path) > 1 else "/"
+        username, password = unquote(url.username or "guest"), unquote(url.password or "guest")
+    routing_key = section.text("routing_key", "cdr")
+    exchange_type = section.text("exchange_type", "topic")
+    if exchange_type not in ("topic", "direct", "fanout", "headers"):
+        raise ConfigError(section.key("exchange_type"), "one of topic, direct, fanout, headers")
+    config = RabbitConfig(
+        host=section.text("host", host),
+        port=section.integer("port", port, 1, 65535),
+        virtual_host=section.text("virtual_host", vhost),
+        username=section.text("username", username),
+        password=section.text("password", password),
+        exchange=section.text("exchange", "cdr"),
+        exchange_type=exchange_type,
+        routing_key=parse_routing_key(routing_key, section.key("routing_key")),
+        routing_key_source=routing_key,
+        declare=section.boolean("declare", True),
+        name=section.text("name", "rabbitmq"),
+        batch=read_batch(section, BatchSettings()),
+    )
+    section.done()
+    return (config,)
+
+
+def target(settings: RabbitConfig, config: CdrConfig) -> Target:
+    from . import Target
+
+    return Target(settings.name, settings.describe(), lambda: RabbitSink(settings), settings.batch, coalesce=False)
 
 
 def routing_key(parts: Sequence[str], record: CallRecord) -> str:

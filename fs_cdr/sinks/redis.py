@@ -11,18 +11,169 @@ Redis go through redis-py's own support.
 
 from __future__ import annotations
 
+import os
 import socket
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
+from urllib.parse import unquote
 
 try:
     import hiredis as _hiredis
 except ImportError:  # then redis-py parses every reply
     _hiredis = None
 
-from ..config import RedisConfig
-from ..errors import RetriableError
+from ..config import BatchSettings, Section, SectionContext, mask_secrets, option_file, read_batch, split_url
+from ..errors import ConfigError, RetriableError
 from ..record import CallRecord, record_json
 from .worker import write_parts
+
+if TYPE_CHECKING:
+    from ..config import CdrConfig
+    from . import Target
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """The ``redis`` object: LPUSH onto ``list`` and/or PUBLISH on ``channel``."""
+
+    channel: str = ""
+    list: str = ""
+    #: XADD onto this stream (one entry per record, fields ``uuid`` and ``record``)
+    stream: str = ""
+    #: approximate MAXLEN for the stream (``XADD ... MAXLEN ~ N``); 0 keeps every entry
+    stream_maxlen: int = 1_000_000
+    #: real-time mode: PUBLISH every state change on ``channel`` (the list and stream get final records only)
+    real: bool = False
+    #: Redis Cluster: the host/port given is any node of it
+    cluster: bool = False
+    #: Sentinel-managed Redis: ``[[host, port], ...]`` of the sentinels, and the service's name
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str = ""
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str = ""
+    password: str = field(default="", repr=False)
+    #: TLS (a ``rediss://`` url sets it): to the server, the cluster's nodes, or the sentinels and master
+    ssl: bool = False
+    #: PEM files: the CA that signed the server's certificate (else the system's CAs), and this
+    #: client's certificate and key when the server asks for one (``tls-auth-clients``)
+    ssl_ca_certs: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    #: ``required``: the server's certificate must be valid and name the host; ``none``: not checked
+    ssl_cert_reqs: str = "required"
+    name: str = "redis"
+    batch: BatchSettings = BatchSettings()
+    key: ClassVar[str] = "redis"
+
+    def describe(self) -> str:
+        return mask_secrets(self._where(), (self.password,))
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self.password,)
+
+    def _where(self) -> str:
+        targets = []
+        if self.list:
+            targets.append(f"list {self.list}")
+        if self.channel:
+            targets.append(f"channel {self.channel}")
+        if self.stream:
+            targets.append(f"stream {self.stream}")
+        scheme = "rediss" if self.ssl else "redis"
+        where = (f"sentinel {self.service_name}{' (TLS)' if self.ssl else ''}" if self.sentinels
+                 else f"{scheme}{'-cluster' if self.cluster else ''}://{self.host}:{self.port}/{self.db}")
+        return f"{where} " + ", ".join(targets)
+
+
+
+REDIS_CERT_REQS = ("required", "none")
+
+
+def _redis_tls(section: Section, rediss: bool, base: str) -> dict[str, Any]:
+    """``ssl`` and the files and checks that go with it; a rediss:// url means ``"ssl": true``."""
+    ssl = section.boolean("ssl", rediss)
+    if rediss and not ssl:
+        raise ConfigError(section.key("ssl"), "a rediss:// url means TLS: leave \"ssl\" out or use redis://")
+    settings: dict[str, Any] = {"ssl": ssl}
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        value = section.text(name)
+        settings[name] = option_file(value, name, section.key(name), base) if value else ""
+    settings["ssl_cert_reqs"] = section.text("ssl_cert_reqs", "required")
+    if settings["ssl_cert_reqs"] not in REDIS_CERT_REQS:
+        raise ConfigError(section.key("ssl_cert_reqs"), f"one of {', '.join(REDIS_CERT_REQS)}")
+    if not ssl:
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+            if section.value.get(name) is not None:
+                raise ConfigError(section.key(name), "needs \"ssl\": true (or a rediss:// url)")
+    if settings["ssl_keyfile"] and not settings["ssl_certfile"]:
+        raise ConfigError(section.key("ssl_keyfile"), "a client key needs its certificate: set ssl_certfile")
+    return settings
+
+
+def parse_section(value: object, path: str, context: SectionContext) -> tuple[RedisConfig]:
+    """Real-time by default when a database is (its PUBLISHes then carry every state change)."""
+    real_default = any(getattr(earlier, "real", False) for earlier in context.earlier)
+    base = context.base
+    section = Section(path, value)
+    host, port, db, username, password = "127.0.0.1", 6379, 0, "", ""
+    rediss = False
+    url_text = section.text("url")
+    if url_text:
+        url, port = split_url(url_text, section.key("url"), "redis://[user:password@]host:port/db",
+                               ("redis", "rediss"))
+        host, port = url.hostname, port or 6379
+        number = url.path.lstrip("/")
+        if number and not (number.isascii() and number.isdigit() and len(number) <= 9):
+            raise ConfigError(section.key("url"), "the database after the last / must be a number")
+        db = int(number) if number else 0
+        username, password = unquote(url.username or ""), unquote(url.password or "")
+        rediss = url.scheme == "rediss"
+    tls = _redis_tls(section, rediss, base or os.getcwd())
+    sentinels_raw = section.get("sentinels") or []
+    sentinels = []
+    if not isinstance(sentinels_raw, list):
+        raise ConfigError(section.key("sentinels"), "expected a list of [host, port] pairs")
+    for index, pair in enumerate(sentinels_raw):
+        if (not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], str)
+                or isinstance(pair[1], bool) or not isinstance(pair[1], int)):
+            raise ConfigError(f"{section.key('sentinels')}[{index}]", "expected [\"host\", port]")
+        sentinels.append((pair[0], pair[1]))
+    config = RedisConfig(
+        channel=section.text("channel"),
+        list=section.text("list"),
+        stream=section.text("stream"),
+        real=section.boolean("real", real_default),
+        stream_maxlen=section.integer("stream_maxlen", 1_000_000, 0, 10**12),
+        cluster=section.boolean("cluster", False),
+        sentinels=tuple(sentinels),
+        service_name=section.text("service_name"),
+        host=section.text("host", host),
+        port=section.integer("port", port, 1, 65535),
+        db=section.integer("db", db, 0, 1_000_000),
+        username=section.text("username", username),
+        password=section.text("password", password),
+        name=section.text("name", "redis"),
+        batch=read_batch(section, BatchSettings()),
+        **tls,
+    )
+    section.done()
+    if not config.channel and not config.list and not config.stream:
+        raise ConfigError(path, "set 'list' (LPUSH), 'channel' (PUBLISH) and/or 'stream' (XADD), or leave redis out")
+    if config.sentinels and not config.service_name:
+        raise ConfigError(section.key("service_name"), "sentinels need the name of the service they watch")
+    if config.sentinels and config.cluster:
+        raise ConfigError(section.key("cluster"), "a Redis is either a cluster or watched by sentinels, not both")
+    return (config,)
+
+
+def target(settings: RedisConfig, config: CdrConfig) -> Target:
+    from . import Target
+
+    return Target(settings.name, settings.describe(), lambda: RedisSink(settings), settings.batch,
+                  settings.real and bool(settings.channel), coalesce=False, encode=message)
+
 
 #: A record as Redis takes it (:func:`message`): its uuid, whether it is final, its JSON document.
 Message = tuple[str, bool, bytes]

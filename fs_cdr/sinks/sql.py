@@ -12,11 +12,11 @@ import logging
 import time
 from typing import Any, Optional, Sequence
 
-from ..config import DatabaseConfig
 from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
 from ..realtime import REMOVED
 from ..record import CallRecord
 from ..schema import Column
+from .database import DatabaseConfig
 
 log = logging.getLogger("fs_cdr.sinks.sql")
 

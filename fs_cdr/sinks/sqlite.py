@@ -10,8 +10,8 @@ import os
 import sqlite3
 from typing import Any, Sequence
 
-from ..config import DatabaseConfig
 from ..errors import SinkError
+from .database import DatabaseConfig
 from .sql import Dialect, rejected_or_retriable
 
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..config import DatabaseConfig
 from ..errors import ConfigError, SinkError
+from .database import DatabaseConfig
 from . import odbc
 from .sql import Dialect
 

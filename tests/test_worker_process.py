@@ -136,7 +136,7 @@ def test_an_outsized_batch_does_not_keep_its_memory_and_later_batches_still_arri
     monkeypatch.setattr(worker_module, "_EXCHANGE_KEEP", 3 << 20)
     key, client = redis_list
     engine = engines(make_config({"cdr": {"details": True, "fields": ["queue_name"], "redis": {
-        "list": key, "worker_process": True, "batch_size": 50}}}, tmp_path))
+        "list": key, "worker_process": True, "batch_size": 50, "flush_interval_ms": 5000}}}, tmp_path))
     sink = worker_of_when_open(engine)
     expected, sizes = [], []
     for round_number, filler in enumerate((1_000, 200_000, 10, 100_000, 10)):

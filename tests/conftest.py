@@ -123,16 +123,20 @@ def connect(kind: str, tmp_path: Any) -> Any:
     return psycopg.connect(host=POSTGRES["host"], port=POSTGRES["port"], dbname="test", user="postgres", autocommit=True)
 
 
-def drop_table(kind: str, tmp_path: Any, table: str) -> None:
-    if kind == "sqlite":
-        return
+def run_sql(kind: str, tmp_path: Any, statement: str) -> None:
+    """One statement on a connection of its own, committed."""
     connection = connect(kind, tmp_path)
     try:
         cursor = connection.cursor()
-        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        cursor.execute(statement)
         connection.commit()
     finally:
         connection.close()
+
+
+def drop_table(kind: str, tmp_path: Any, table: str) -> None:
+    if kind != "sqlite":
+        run_sql(kind, tmp_path, f"DROP TABLE IF EXISTS {table}")
 
 
 def create_strict_mysql_table(tmp_path: Any, table: str, extra_columns: str) -> None:

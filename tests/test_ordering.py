@@ -8,13 +8,12 @@ channel's last message of a leg is its final)."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import connect, database_entry, drop_table, make_config, rows, scenario_events
+from conftest import database_entry, drop_table, make_config, rows, run_sql, scenario_events
 from fs_cdr.engine import Engine, probe_config
 from fs_cdr.realtime import COMPLETED, ChannelOrder, supersedes
 from fs_cdr.writer import _unique
@@ -103,13 +102,7 @@ def records_of(builder: Engine, events: list[dict]) -> list[dict]:
 
 
 def _clear(kind: str, tmp_path, table: str) -> None:
-    connection = connect(kind, tmp_path)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(f"DELETE FROM {table}")
-        connection.commit()
-    finally:
-        connection.close()
+    run_sql(kind, tmp_path, f"DELETE FROM {table}")
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -232,42 +225,3 @@ def test_redis_lists_each_final_once_and_publishes_it_last(tmp_path, engines, ta
         pubsub.close()
         client.delete(key)
 
-
-def test_a_deadlock_with_another_writer_is_retried_at_once_not_spooled(table_name, tmp_path, engines) -> None:
-    """A real InnoDB deadlock between fs_cdr's batch and another transaction on the same rows: the
-    database rolls fs_cdr's batch back, fs_cdr retries it at once and nothing goes through the spool."""
-    import threading
-
-    import MySQLdb
-
-    calls = [event for event in channel_events("b_bridge_null") if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
-    first, second = sorted(event["Unique-ID"] for event in calls)
-    config = make_config({"cdr": {"database": dict(database_entry("mysql", table_name, tmp_path))}}, tmp_path)
-    engine = engines(config)
-    try:
-        for event in calls:
-            engine.handle(event)
-        assert engine.flush(10)
-        other = MySQLdb.connect(host="127.0.0.1", user="root", db="test", charset="utf8mb4")
-        cursor = other.cursor()
-        cursor.execute("SET SESSION innodb_lock_wait_timeout = 20")
-        # a heavier transaction than fs_cdr's batch, so that InnoDB chooses fs_cdr's as the victim
-        cursor.executemany(f"INSERT INTO {table_name} (uuid, leg) VALUES (%s, 'a')",
-                           [(f"filler-{n:04d}",) for n in range(300)])
-        cursor.execute(f"UPDATE {table_name} SET caller_id_name = 'other' WHERE uuid = %s", (second,))
-        for event in calls:  # fs_cdr's batch locks `first`, then waits for `second`
-            engine.handle(event)
-        time.sleep(0.6)
-        closing = threading.Thread(target=lambda: (cursor.execute(
-            f"UPDATE {table_name} SET caller_id_name = 'other' WHERE uuid = %s", (first,)), other.commit()))
-        closing.start()  # waits for `first`: a cycle, which InnoDB breaks by rolling fs_cdr's batch back
-        closing.join(20)
-        assert not closing.is_alive()
-        other.close()
-        assert engine.flush(20)
-        status = engine.lanes[0].status()
-        assert status["conflicts"] >= 1, status
-        assert status["replayed"] == 0 and status["spooled"] == 0 and status["healthy"], status
-        assert status["written"] == status["received"] == 4, status
-    finally:
-        drop_table("mysql", tmp_path, table_name)

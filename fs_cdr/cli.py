@@ -31,6 +31,7 @@ from .sinks.database import DBTYPES
 from .sinks.sql import SqlSink, dialect_for
 from .source import play
 from .spool import SpoolBusy
+from .writer import SinkLane
 
 DEFAULT_CONFIG = os.environ.get("FS_CDR_CONFIG", "cdr.json")
 SHOWN = ("uuid", "leg", "direction", "caller_id_number", "destination_number", "originator", "bridge_uuid",
@@ -88,7 +89,24 @@ def cmd_play(args: argparse.Namespace) -> int:
         _show_rows(config, uuids)
     for path in unreadable:
         print(f"fs-cdr play: cannot read {path}; the other recordings were played", file=sys.stderr)
-    return 0 if flushed and not unreadable else 1
+    troubles = _lane_troubles(engine.lanes)
+    for line in troubles:
+        print(f"fs-cdr play: {line}", file=sys.stderr)
+    return 0 if flushed and not unreadable and not troubles else 1
+
+
+def _lane_troubles(lanes: Sequence[SinkLane]) -> list[str]:
+    """What an operator must hear after a run: records lost, a spool the disk refused."""
+    lines = []
+    for lane in lanes:
+        status = lane.status()
+        if status["lost"]:
+            lines.append(f"sink {lane.name}: {status['lost']} records LOST (their uuids are in the log above)")
+        if lane.spool.error is not None:
+            lines.append(f"sink {lane.name}: cannot open the spool {lane.spool.directory}: {lane.spool.error}")
+        elif status["disk_error"]:
+            lines.append(f"sink {lane.name}: the spool's disk refused records: {status['disk_error']}")
+    return lines
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -158,7 +176,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         state = "done" if not left else f"{left} still spooled: {lane.stats.last_error or 'timed out'}"
         print(f"{lane.name}: {waiting[lane.name]} spooled, {lane.stats.replayed} written, "
               f"{lane.stats.rejected} refused; {state}")
-        problems += bool(left)
+        troubles = _lane_troubles([lane])
+        for line in troubles:
+            print(f"fs-cdr replay: {line}", file=sys.stderr)
+        problems += bool(left) or bool(troubles)
     return 1 if problems else 0
 
 

@@ -69,6 +69,8 @@ class BatchSettings:
     timeout_s: float = 5.0
     #: each writer runs its sink in a child process (fs_cdr/sinks/worker.py)
     worker_process: bool = True
+    #: the most disk its spool may take, in MB; None: half the space free on that disk at start
+    spool_max_mb: Optional[float] = None
 
 
 def sink_module(key: str) -> ModuleType:
@@ -251,6 +253,8 @@ def read_batch(section: Section, defaults: BatchSettings) -> BatchSettings:
         workers=section.integer("workers", defaults.workers, 1, 64),
         timeout_s=section.number("timeout_s", defaults.timeout_s, 0.1, 600),
         worker_process=section.boolean("worker_process", defaults.worker_process),
+        spool_max_mb=(None if section.get("spool_max_mb") is None
+                      else section.number("spool_max_mb", 0.0, 0.01, 100_000_000)),
     )
 
 

@@ -185,8 +185,7 @@ class Engine:
             lanes = self.lanes if final else [lane for lane in self.lanes if lane.realtime]
             if self.shutting_down:
                 for lane in lanes:
-                    lane.stats.received += 1
-                    lane.spool.append([record])
+                    lane.offer_to_disk(record, now)
             else:
                 for lane in lanes:
                     lane.offer(record, now)
@@ -233,7 +232,15 @@ class Engine:
 
     def replay(self) -> str:
         """Retry every sink now (skipping its backoff); the spool drains as soon as a sink takes writes."""
-        parts = [f"{lane.name}: {lane.replay_now()} spooled" for lane in self.lanes]
+        parts = []
+        for lane in self.lanes:
+            part = f"{lane.name}: {lane.replay_now()} spooled"
+            if lane.disk_error:
+                part += f" (the spool's disk refuses: {lane.disk_error})"
+            lost = lane.stats.lost + lane.spool.lost
+            if lost:
+                part += f" ({lost} records lost, see the log)"
+            parts.append(part)
         return "replaying " + (", ".join(parts) or "nothing")
 
     def flush(self, timeout_s: float = 5.0) -> bool:
@@ -316,7 +323,8 @@ def format_status(status: dict[str, Any]) -> str:
         _fast_path_line(status.get("fast_path")),
         "",
     ]
-    columns = ("sink", "healthy", "received", "written", "queued", "spooled", "rejected", "retries", "replayed")
+    columns = ("sink", "healthy", "received", "written", "queued", "spooled", "rejected", "lost", "retries",
+               "replayed", "disk")
     rows = [
         [("yes" if sink[column] else "NO") if column == "healthy" else str(sink[column]) for column in columns]
         for sink in status["sinks"]
@@ -327,6 +335,8 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
     for sink in status["sinks"]:
         error = f"  last error: {sink['last_error']}" if sink["last_error"] else ""
+        if sink.get("disk_error"):
+            error += f"  disk: {sink['disk_error']}"
         pids = sink.get("worker_pids")
         workers = f"  worker pid {', '.join(map(str, pids))}" if pids else ""
         lines.append(f"{sink['sink']}: {sink['target']}{workers}{error}")

@@ -10,10 +10,15 @@ _SINK_COUNTERS = (
     ("rejected", "counter", "records the sink refused, set aside in rejected.jsonl"),
     ("retries", "counter", "failed write attempts"),
     ("replayed", "counter", "records written from the spool"),
+    ("lost", "counter", "records gone without reaching the sink (neither memory nor disk could hold them)"),
     ("queued", "gauge", "records held in memory"),
     ("spooled", "gauge", "records on disk waiting for the sink"),
     ("journaled", "gauge", "records in memory with a crash copy on disk"),
+    ("spool_mb", "gauge", "megabytes the spool takes on disk"),
+    ("spool_max_mb", "gauge", "megabytes the spool may take (spool_max_mb)"),
 )
+#: the values of a sink's ``disk`` state, one gauge each (1 for the current one)
+DISK_STATES = ("ok", "low", "full", "failing")
 
 
 def _escape(value: str) -> str:
@@ -40,6 +45,12 @@ def prometheus(status: dict[str, Any]) -> str:
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
         for sink in status["sinks"]:
             lines.append(f'{metric}{{sink="{_escape(sink["sink"])}"}} {sink.get(name, 0)}')
+    lines += ["# HELP fs_cdr_sink_disk 1 for the state of the sink's spool disk: ok, low (little room), "
+              "full (ENOSPC or spool_max_mb), failing (EIO, EROFS, EACCES, ...)", "# TYPE fs_cdr_sink_disk gauge"]
+    for sink in status["sinks"]:
+        for state in DISK_STATES:
+            lines.append(f'fs_cdr_sink_disk{{sink="{_escape(sink["sink"])}",state="{state}"}} '
+                         f'{1 if sink.get("disk", "ok") == state else 0}')
     lines += ["# HELP fs_cdr_sink_healthy 1 when the sink takes writes and nothing waits in its spool",
               "# TYPE fs_cdr_sink_healthy gauge"]
     for sink in status["sinks"]:

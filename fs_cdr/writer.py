@@ -12,12 +12,19 @@ sink in a worker process, sinks/worker.py), its durable spool and its counters. 
   than the durability window (sink down or slow) are appended to the spool and fsynced, and the
   lane stays *degraded* — new records go to disk — until a replay from the spool succeeds. So a
   record popped from FreeSWITCH is in the sink or on disk within about one window, kill -9 or not.
+- A record leaves memory only once it is fsynced in the spool or written: the guard copies what is
+  due to disk first and removes it from memory after. When the disk refuses (full, read-only,
+  failing, ``spool_max_mb`` reached), records stay in memory — up to ``queue_size``, still written
+  the moment the sink takes writes — and the disk is tried again at every tick; a record that
+  neither memory, sink nor disk can hold is counted ``lost`` and its uuid logged. So at every
+  moment ``received = written + queued + spooled + rejected + lost``.
 - A lane replays its spool in order, one spool batch then one live batch, so a long backlog never
   starves new calls.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -33,12 +40,18 @@ from .errors import ConfigError, RejectedError, TransientError
 from .realtime import supersedes
 from .record import CallRecord
 from .retry import Backoff
-from .spool import Journal, Spool, Ticket
+from .spool import Journal, Spool, Ticket, describe_space, disk_space
 
 log = logging.getLogger("fs_cdr.writer")
 
 #: How often a batch rolled back by a deadlock is retried at once before it counts as a failure.
 TRANSIENT_RETRIES = 3
+#: Lost records of one disk episode whose uuids are logged one by one; the rest are counted.
+LOST_LOGGED = 5
+#: Below this share of its disk free, a spool's disk counts as low (one warning per change).
+LOW_FREE_SHARE = 0.10
+#: How often the guard looks at the free space of a lane's spool disk (statvfs), in seconds.
+SPACE_CHECK_S = 1.0
 
 
 class Sink(Protocol):
@@ -75,6 +88,10 @@ class LaneStats:
     #: batches rolled back by a deadlock and retried at once (TransientError)
     conflicts: int = 0
     replayed: int = 0
+    #: records gone without reaching the sink: neither memory nor disk could hold them
+    lost: int = 0
+    #: records found on disk at start (spool, journal left by a crash); part of ``received``
+    recovered: int = 0
     last_error: str = ""
     last_error_at: float = 0.0
     last_write_at: float = 0.0
@@ -83,13 +100,14 @@ class LaneStats:
 class _Waiting:
     """A record in a writer's memory: when it arrived, and the journal segment holding a copy."""
 
-    __slots__ = ("since", "record", "segment", "done", "encoded")
+    __slots__ = ("since", "record", "segment", "done", "spooled", "encoded")
 
     def __init__(self, since: float, record: CallRecord) -> None:
         self.since = since
         self.record = record
         self.segment = 0  # 0: not journaled
         self.done = False  # written, or moved to the spool: it no longer needs the journal
+        self.spooled = False  # done because the guard fsynced it in the spool
         self.encoded: Any = None  # the lane's encode(record), made ahead by the writer thread
 
 
@@ -123,14 +141,20 @@ def _unique(records: list[CallRecord]) -> list[CallRecord]:
 
 @dataclass
 class Due:
-    """What the guard must put on disk for one writer."""
+    """What the guard must put on disk for one writer: copies, still in memory until
+    :meth:`SinkWriter.commit` is told how many of them the spool fsynced."""
 
-    #: to the spool: replayed later (overflow, or everything while the sink is failing)
-    spool: list[CallRecord] = field(default_factory=list)
+    #: to the spool, replayed later: the writer's entries (everything, while the sink is failing) ...
+    entries: list[_Waiting] = field(default_factory=list)
+    #: ... then the overflow (records that found the queue full or the lane degraded)
+    overflow: list[CallRecord] = field(default_factory=list)
     #: to the journal: still written from memory, but safe from a crash meanwhile
     journal: list[_Waiting] = field(default_factory=list)
-    #: journal segments to release once ``spool`` is fsynced
-    release: list[int] = field(default_factory=list)
+    #: the sink is failing (not a stop): the lane degrades once these are on disk
+    failing: bool = False
+
+    def records(self) -> list[CallRecord]:
+        return [entry.record for entry in self.entries] + self.overflow
 
 
 class SinkWriter:
@@ -154,7 +178,14 @@ class SinkWriter:
     # -- producer side (source thread) -------------------------------------------------------
     def offer(self, record: CallRecord, now: float) -> None:
         with self._lock:
-            if self.lane.degraded or len(self._queue) >= self.settings.queue_size or self._stopping.is_set():
+            lane = self.lane
+            if lane.disk_refusing and not self._stopping.is_set():
+                # The disk takes nothing: memory is all there is, up to queue_size, and the writer
+                # sends straight to the sink whatever it can.
+                if len(self._queue) + len(self._overflow) >= self.settings.queue_size:
+                    lane.lose([record], "the spool's disk refuses and the queue is full")
+                    return
+            elif lane.degraded or len(self._queue) >= self.settings.queue_size or self._stopping.is_set():
                 self._overflow.append(record)
                 return
             self._queue.append(_Waiting(now, record))
@@ -167,37 +198,30 @@ class SinkWriter:
     def queued(self) -> int:
         with self._lock:
             inflight = self._inflight
-            held = len(inflight.records) if inflight and not inflight.spooled and inflight.ticket is None else 0
+            held = (sum(1 for entry in inflight.entries if not entry.done)
+                    if inflight and not inflight.spooled and inflight.ticket is None else 0)
             return len(self._queue) + len(self._overflow) + held
 
     # -- guard side ---------------------------------------------------------------------------
     def take_due(self, now: float, window_s: float, everything: bool = False) -> Due:
-        """What must go to disk now. The overflow always goes to the spool. Records that waited
-        longer than the window go to the journal while the sink works, and — with everything else
-        this writer holds — to the spool when the sink is failing (or ``everything``, at stop)."""
+        """What must go to disk now (copies: see :meth:`commit`). The overflow always goes to the
+        spool. Records that waited longer than the window go to the journal while the sink works,
+        and — with everything else this writer holds — to the spool when the sink is failing (or
+        ``everything``, at stop)."""
         due = Due()
         with self._lock:
-            due.spool, self._overflow = self._overflow, []
+            due.overflow = list(self._overflow)
             inflight = self._inflight
             if inflight is not None and (inflight.spooled or inflight.ticket is not None):
                 inflight = None
-            held = inflight.entries if inflight else []
+            held = [entry for entry in inflight.entries if not entry.done] if inflight else []
             queue = self._queue
             if not held and not queue:
                 return due
             oldest = (held[0] if held else queue[0]).since
             if everything or (self.lane.failing_for(now) > window_s and now - oldest > window_s):
-                entries = held + list(queue)
-                if inflight:
-                    inflight.spooled = True
-                for entry in entries:
-                    entry.done = True
-                    if entry.segment:
-                        due.release.append(entry.segment)
-                due.spool = [entry.record for entry in entries] + due.spool
-                queue.clear()
-                if not everything:
-                    self.lane.degrade(f"the sink is failing and records waited more than {window_s * 1000:.0f} ms")
+                due.entries = held + list(queue)
+                due.failing = not everything
                 return due
             # Journal at half the window: with a guard tick of a quarter window and an fsync, the copy
             # is on disk before the window ends.
@@ -217,6 +241,66 @@ class SinkWriter:
             due.journal = found
             return due
 
+    def commit(self, due: Due, count: int) -> tuple[list[int], list[CallRecord]]:
+        """The first ``count`` records of ``due.records()`` are fsynced in the spool: they leave
+        memory now. Returns the journal segments to release, and the records the writer wrote
+        meanwhile (so the spool holds a copy the sink already has)."""
+        release: list[int] = []
+        twice: list[CallRecord] = []
+        with self._lock:
+            entries = due.entries[:count]
+            if entries:
+                for entry in entries:
+                    if entry.done:
+                        twice.append(entry.record)
+                        continue
+                    entry.done = entry.spooled = True
+                    if entry.segment:
+                        release.append(entry.segment)
+                self._queue = deque(entry for entry in self._queue if not entry.spooled)
+                inflight = self._inflight
+                if (inflight is not None and inflight.ticket is None and inflight.entries
+                        and all(entry.done for entry in inflight.entries)
+                        and any(entry.spooled for entry in inflight.entries)):
+                    inflight.spooled = True  # the writer gives the batch up: the spool has it
+            rest = count - len(due.entries)
+            if rest > 0:
+                del self._overflow[:rest]
+        return release, twice
+
+    def unspill(self, now: float) -> None:
+        """The disk refuses: the overflow (meant for the spool) moves into the queue, which the
+        writer sends to the sink as soon as it takes writes; beyond ``queue_size`` it is lost."""
+        with self._lock:
+            if not self._overflow:
+                return
+            room = max(0, self.settings.queue_size - len(self._queue))
+            moved, dropped = self._overflow[:room], self._overflow[room:]
+            self._overflow = []
+            self._queue.extend(_Waiting(now, record) for record in moved)
+            if moved:
+                self._ready.notify()
+        if dropped:
+            self.lane.lose(dropped, "the spool's disk refuses and the queue is full")
+
+    def abandon(self) -> tuple[int, list[CallRecord]]:
+        """At the very end of a stop: what is still in memory leaves with the process. Returns how
+        many of those have a journal copy (the journal hands them to the spool), and the others."""
+        with self._lock:
+            inflight = self._inflight
+            entries = [entry for entry in (inflight.entries if inflight and inflight.ticket is None
+                                           and not inflight.spooled else []) if not entry.done]
+            entries += list(self._queue)
+            journaled = sum(1 for entry in entries if entry.segment)
+            gone = [entry.record for entry in entries if not entry.segment] + self._overflow
+            for entry in entries:
+                entry.done = True
+            self._queue.clear()
+            self._overflow = []
+            if inflight is not None:
+                inflight.spooled = True
+        return journaled, gone
+
     def journaled(self, entries: list[_Waiting], segment: int) -> None:
         """The guard fsynced ``entries`` into journal ``segment``; those written meanwhile release."""
         written = 0
@@ -229,17 +313,24 @@ class SinkWriter:
         if written:
             self.lane.journal.release(segment, written)
 
-    def _finish(self, batch: _Batch) -> None:
-        """A live batch left memory (written or set aside): release its journal copies."""
+    def _finish(self, batch: _Batch) -> tuple[int, list[CallRecord]]:
+        """A live batch left memory (written or set aside): release its journal copies. Returns how
+        many entries this made done, and the records the guard had already put in the spool."""
         segments: list[int] = []
+        fresh = 0
+        spooled: list[CallRecord] = []
         with self._lock:
             for entry in batch.entries:
                 if not entry.done:
                     entry.done = True
+                    fresh += 1
                     if entry.segment:
                         segments.append(entry.segment)
+                elif entry.spooled:
+                    spooled.append(entry.record)
         for segment in segments:
             self.lane.journal.release(segment)
+        return fresh, spooled
 
     # -- consumer side (writer thread) --------------------------------------------------------
     def start(self) -> None:
@@ -309,13 +400,28 @@ class SinkWriter:
                 if not self._deliver(batch):
                     return
             lane.spool.confirm(ticket)
+            # records a slow write had already delivered after the guard spooled them: in the sink
+            lane.confirmed_copies()
             lane.stats.replayed += len(records)
             lane.recover()
         finally:
             self._replaying = False
 
     def _deliver(self, batch: _Batch) -> bool:
-        """Write one batch, retrying retriable errors, until written, spooled, or stopping."""
+        """Write one batch, retrying retriable errors, until written, spooled, or stopping. A live
+        batch given up (stopping) goes back to the front of the queue: it is still only in memory,
+        and the stop spools it or counts it."""
+        done = False
+        try:
+            done = self._attempt(batch)
+            return done
+        finally:
+            with self._lock:
+                self._inflight = None
+                if not done and batch.ticket is None and not batch.spooled:
+                    self._queue.extendleft(reversed([entry for entry in batch.entries if not entry.done]))
+
+    def _attempt(self, batch: _Batch) -> bool:
         lane = self.lane
         failures = 0
         conflicts = 0
@@ -323,64 +429,66 @@ class SinkWriter:
         # records of a uuid that another record of the batch superseded: the row holds their newer state
         merged = len(batch.records) - len(records)
         encoded: Optional[list[Any]] = None
-        try:
-            while True:
-                if batch.spooled:
-                    return False  # the guard moved it to disk; the lane replays it later
-                try:
-                    sink = self._open_sink()
-                    if lane.encode is None:
-                        sink.write(records)
-                    else:
-                        if encoded is None:
-                            encoded = self._encoded(batch, records)
-                        sink.write_encoded(encoded, self._encode_ahead)  # type: ignore[attr-defined]
-                except RejectedError as error:
-                    if len(records) == 1:
-                        lane.set_aside(records[0], error)
-                        return True
-                    records, encoded = self._isolate(records), None
-                    if not records:
-                        lane.wrote(0, merged)
-                        return True
-                    # the sink failed half-way through: back off like any failure, then retry the rest
-                    failures += 1
-                    lane.failed(RuntimeError("the sink failed while isolating a refused record"), failures)
-                    if self._pause(lane.backoff.compute(failures)):
-                        return False
+        while True:
+            if batch.spooled:
+                return False  # the guard moved it to disk; the lane replays it later
+            try:
+                sink = self._open_sink()
+                if lane.encode is None:
+                    sink.write(records)
+                else:
+                    if encoded is None:
+                        encoded = self._encoded(batch, records)
+                    sink.write_encoded(encoded, self._encode_ahead)  # type: ignore[attr-defined]
+            except RejectedError as error:
+                if len(records) == 1:
+                    lane.set_aside(records[0], error)
+                    return True
+                records, encoded = self._isolate(records), None
+                if not records:
+                    lane.wrote(0, merged)
+                    return True
+                # the sink failed half-way through: back off like any failure, then retry the rest
+                failures += 1
+                lane.failed(RuntimeError("the sink failed while isolating a refused record"), failures)
+                if self._pause(lane.backoff.compute(failures)):
+                    return False
+                continue
+            except TransientError as error:
+                # A deadlock with another writer or switch: the database rolled the batch back and
+                # the connection is fine. Retried at once, a few times, before it counts as a failure
+                # (which would let the guard move the lane's records to the spool).
+                conflicts += 1
+                if conflicts <= TRANSIENT_RETRIES:
+                    lane.conflicted(error)
                     continue
-                except TransientError as error:
-                    # A deadlock with another writer or switch: the database rolled the batch back and
-                    # the connection is fine. Retried at once, a few times, before it counts as a failure
-                    # (which would let the guard move the lane's records to the spool).
-                    conflicts += 1
-                    if conflicts <= TRANSIENT_RETRIES:
-                        lane.conflicted(error)
-                        continue
-                    self._close_sink()
-                    failures += 1
-                    lane.failed(error, failures)
-                    if batch.ticket is not None or self._pause(lane.backoff.compute(failures)):
-                        return False
-                    continue
-                except Exception as error:  # RetriableError, ConfigError, and driver bugs alike
-                    self._close_sink()
-                    if batch.ticket is not None:
-                        # A replay batch stays in the spool; _replay_one backs off before the next try.
-                        lane.failed(error, lane.failures + 1)
-                        return False
-                    failures += 1
-                    lane.failed(error, failures)
-                    if self._pause(lane.backoff.compute(failures)):
-                        return False
-                    continue
+                self._close_sink()
+                failures += 1
+                lane.failed(error, failures)
+                if batch.ticket is not None or self._pause(lane.backoff.compute(failures)):
+                    return False
+                continue
+            except Exception as error:  # RetriableError, ConfigError, and driver bugs alike
+                self._close_sink()
+                if batch.ticket is not None:
+                    # A replay batch stays in the spool; _replay_one backs off before the next try.
+                    lane.failed(error, lane.failures + 1)
+                    return False
+                failures += 1
+                lane.failed(error, failures)
+                if self._pause(lane.backoff.compute(failures)):
+                    return False
+                continue
+            if batch.ticket is None:
+                # a live batch: what the guard spooled meanwhile is counted as spooled, not twice
+                fresh, spooled = self._finish(batch)
+                if spooled:
+                    lane.written_after_spooling(spooled)
+                coalesced = min(merged, fresh)
+                lane.wrote(fresh - coalesced, coalesced)
+            else:
                 lane.wrote(len(records), merged)
-                if batch.spooled:
-                    lane.written_after_spooling(records)
-                return True
-        finally:
-            with self._lock:
-                self._inflight = None
+            return True
 
     def _encoded(self, batch: _Batch, records: list[CallRecord]) -> list[Any]:
         """The batch as its sink takes it: what :meth:`_encode_ahead` made, the rest now."""
@@ -454,7 +562,9 @@ class SinkWriter:
 
     def drained(self) -> bool:
         with self._lock:
-            return not self._queue and self._inflight is None and not self._overflow and not self._replaying
+            inflight = self._inflight
+            return (not self._queue and (inflight is None or inflight.spooled) and not self._overflow
+                    and not self._replaying)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -495,10 +605,22 @@ class SinkLane:
         self.settings = settings
         self.backoff = backoff
         self.secrets = tuple(secrets)
-        self.spool = Spool(os.path.join(spool_dir, name))
+        max_bytes = None if settings.spool_max_mb is None else int(settings.spool_max_mb * 1_000_000)
+        self.spool = Spool(os.path.join(spool_dir, name), max_bytes)
         self.journal = Journal(os.path.join(spool_dir, name, "journal"), self.spool)
         self.stats = LaneStats()
+        # what an earlier run left on disk is received now, so that the counters add up
+        self.stats.recovered = self.stats.received = self.spool.pending
         self.degraded = self.spool.pending > 0
+        #: the spool's disk: ok, low (writing, little room left), full (ENOSPC or spool_max_mb), failing
+        self.disk = "ok"
+        self.disk_error = ""
+        self._space_checked = 0.0
+        self._lost_in_episode = 0
+        #: records in the spool that the sink had already been given (a slow write that finished
+        #: after the guard copied it): not counted as spooled, since they are counted as written
+        self._twice_on_disk = 0
+        self._filtered = (0, 0)
         self.failures = 0
         #: monotonic time of the first failure since the last write (0: writing)
         self._failing_since = 0.0
@@ -507,8 +629,11 @@ class SinkLane:
         # Held by the guard from taking records out of memory until the spool counts them: without
         # it, settled() could see neither the memory copy nor the spool copy and say "all written".
         self._moving = threading.Lock()
-        self._already_written: dict[object, int] = {}
+        #: uuid -> one flag per copy in the spool the sink already has: True when already counted written
+        self._already_written: dict[object, list[bool]] = {}
         self.writers = [SinkWriter(self, index) for index in range(settings.workers)]
+        if self.spool.error is not None:
+            self._disk_failed(self.spool.error)
 
     def start(self) -> None:
         for writer in self.writers:
@@ -520,30 +645,58 @@ class SinkLane:
         writer = writers[0] if len(writers) == 1 else writers[hash(record["uuid"]) % len(writers)]
         writer.offer(record, now)
 
-    def written_after_spooling(self, records: Sequence[CallRecord]) -> None:
-        """A slow write finished after the guard had copied its batch to the spool: remember it,
-        so the replay does not send those records a second time (in this process's lifetime)."""
+    def offer_to_disk(self, record: CallRecord, now: float) -> None:
+        """FreeSWITCH is shutting down: straight to the spool, or to memory when the disk refuses."""
+        self.stats.received += 1
+        try:
+            if self.spool.append([record]):
+                return
+            self._disk_full()
+        except OSError as error:
+            self._disk_failed(error)
+        writers = self.writers
+        (writers[0] if len(writers) == 1 else writers[hash(record["uuid"]) % len(writers)]).offer(record, now)
+
+    def written_after_spooling(self, records: Sequence[CallRecord], counted: bool = False) -> None:
+        """The sink got records whose copy is also in the spool (a slow write and the guard crossed):
+        remember them, so the replay does not send them a second time (in this process's lifetime).
+        ``counted``: they were counted as written already (the write finished first)."""
         with self._lock:
             for record in records:
-                key = record["uuid"]
-                self._already_written[key] = self._already_written.get(key, 0) + 1
+                self._already_written.setdefault(record["uuid"], []).append(counted)
+            if counted:
+                self._twice_on_disk += len(records)
 
     def not_yet_written(self, records: list[CallRecord]) -> list[CallRecord]:
+        self._filtered = (0, 0)
         if not self._already_written:
             return records
         kept = []
+        counted = uncounted = 0
         with self._lock:
             for record in records:
                 key = record["uuid"]
-                count = self._already_written.get(key, 0)
-                if count:
-                    if count == 1:
-                        del self._already_written[key]
+                copies = self._already_written.get(key)
+                if copies:
+                    if copies.pop():
+                        counted += 1
                     else:
-                        self._already_written[key] = count - 1
+                        uncounted += 1
+                    if not copies:
+                        del self._already_written[key]
                 else:
                     kept.append(record)
+        self._filtered = (counted, uncounted)
         return kept
+
+    def confirmed_copies(self) -> None:
+        """The replayed batch that :meth:`not_yet_written` filtered is confirmed: its copies of
+        records the sink already had leave the spool; those not yet counted count as written now."""
+        counted, uncounted = self._filtered
+        self._filtered = (0, 0)
+        with self._lock:
+            self._twice_on_disk = max(0, self._twice_on_disk - counted)
+            self.stats.written += uncounted
 
     def replay_due(self, writer: SinkWriter) -> bool:
         """Only the first writer replays, so the spool is read by one thread, in order."""
@@ -603,12 +756,17 @@ class SinkLane:
     def set_aside(self, record: CallRecord, error: BaseException) -> None:
         """A record the sink refuses: kept with its error in ``rejected.jsonl`` for the operator."""
         message = mask_secrets(str(error), self.secrets)[:500]
-        with self._lock:
-            self.stats.rejected += 1
-            with open(self._rejected_path, "ab") as handle:
-                handle.write(dumpb({"error": message, "at": time.time(), "record": record}) + b"\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+        try:
+            with self._lock:
+                with open(self._rejected_path, "ab") as handle:
+                    handle.write(dumpb({"error": message, "at": time.time(), "record": record}) + b"\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                self.stats.rejected += 1
+        except OSError as disk:
+            self.lose([record], f"the sink refused it ({shown(message, 200)}) and {self._rejected_path} "
+                                f"cannot be written: {disk}")
+            return
         log.error(
             "sink %s: refused record %s, set aside in %s: %s",
             self.name, shown(record.get("uuid")), self._rejected_path, shown(message, 500),
@@ -622,24 +780,138 @@ class SinkLane:
 
     @property
     def healthy(self) -> bool:
-        return not self.degraded and self.failures == 0
+        return not self.degraded and self.failures == 0 and not self.disk_refusing
+
+    # -- the spool's disk -----------------------------------------------------------------------
+    @property
+    def disk_refusing(self) -> bool:
+        """The spool takes nothing now (full, failing, or its bound reached): memory is all there is."""
+        return self.disk in ("full", "failing")
+
+    def _disk_state(self, state: str, error: str) -> None:
+        """One log line per change of state (a new reason within the same state is only shown)."""
+        before, self.disk, self.disk_error = self.disk, state, error
+        if state == before:
+            return
+        where, space = self.spool.directory, describe_space(self.spool.directory)
+        if state in ("full", "failing"):
+            self._lost_in_episode = 0
+            log.error("sink %s: the spool at %s refuses records: %s (%s); they stay in memory (up to "
+                      "queue_size %d per writer), still written when the sink takes them, and the disk "
+                      "is tried again at every guard tick", self.name, where, error, space,
+                      self.settings.queue_size)
+        elif before in ("full", "failing"):
+            lost = f"; {self._lost_in_episode} records were lost meanwhile" if self._lost_in_episode else ""
+            log.warning("sink %s: the spool at %s takes records again (%s)%s", self.name, where, space, lost)
+        elif state == "low":
+            log.warning("sink %s: little room left for the spool at %s (%s)", self.name, where, space)
+
+    def _disk_failed(self, error: OSError) -> None:
+        code = errno.errorcode.get(error.errno or 0, "?")
+        state = "full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "failing"
+        self._disk_state(state, f"{code}: {error.strerror or error}" + (f" ({error.filename})" if error.filename else ""))
+
+    def _disk_full(self) -> None:
+        self._disk_state("full", f"spool_max_mb reached ({self.spool.bytes / 1e6:.1f} of "
+                                 f"{self.spool.max_bytes / 1e6:.1f} MB)")
+
+    def _disk_ok(self, now: float = 0.0) -> None:
+        free, size = disk_space(self.spool.directory)
+        low = size > 0 and free < LOW_FREE_SHARE * size
+        self._disk_state("low" if low else "ok", "")
+        self._space_checked = now
+
+    def _disk_recheck(self, now: float) -> None:
+        """Nothing was due for the disk this tick: is a refusing disk back, is an ok disk low?"""
+        if now - self._space_checked < SPACE_CHECK_S and not self.disk_refusing:
+            return
+        self._space_checked = now
+        if self.disk_refusing:
+            if self.disk_error.startswith("spool_max_mb"):
+                if self.spool.bytes >= self.spool.max_bytes * 0.95:
+                    return
+            free, _size = disk_space(self.spool.directory)
+            if free < 1_000_000:
+                return
+            try:
+                self.spool.probe()
+            except OSError as error:
+                self._disk_failed(error)
+                return
+        self._disk_ok(now)
+
+    def lose(self, records: Sequence[CallRecord], why: str) -> None:
+        """Records that neither the sink, nor memory, nor the disk can hold: counted, and logged
+        (the uuids of the first few of each disk episode, then how many)."""
+        if not records:
+            return
+        with self._lock:
+            self.stats.lost += len(records)
+            before = self._lost_in_episode
+            self._lost_in_episode += len(records)
+        named = [shown(record.get("uuid")) for record in records[: max(0, LOST_LOGGED - before)]]
+        if named:
+            log.error("sink %s: LOST %d record(s) (%s): %s%s", self.name, len(records), why, ", ".join(named),
+                      "" if len(named) == len(records) else f" and {len(records) - len(named)} more")
+        elif (before // 1000) != (self._lost_in_episode // 1000):
+            log.error("sink %s: LOST %d records so far (%s)", self.name, self._lost_in_episode, why)
 
     def queued(self) -> int:
         return sum(writer.queued for writer in self.writers)
 
     def guard(self, now: float, window_s: float, everything: bool = False) -> int:
-        """Put on disk what is due (see :meth:`SinkWriter.take_due`); returns how many were spooled."""
+        """Put on disk what is due (see :meth:`SinkWriter.take_due`); returns how many were spooled.
+        Records leave memory only once the spool has fsynced them (:meth:`SinkWriter.commit`)."""
         spooled = 0
+        tried = False
         for writer in self.writers:
             with self._moving:
                 due = writer.take_due(now, window_s, everything)
-                if due.spool:
-                    spooled += self.spool.append(due.spool)
-            for segment in due.release:  # only once their spool copy is fsynced
-                self.journal.release(segment)
+                records = due.records()
+                count = 0
+                if records:
+                    tried = True
+                    count = self._to_disk(records)
+                    release, twice = writer.commit(due, count)
+                    if twice:
+                        self.written_after_spooling(twice, counted=True)
+                    spooled += count
+                    if count and due.failing:
+                        self.degrade(f"the sink is failing and records waited more than {window_s * 1000:.0f} ms")
+                    if count < len(records) and not everything:
+                        writer.unspill(now)
+                    for segment in release:  # only once their spool copy is fsynced
+                        self.journal.release(segment)
             if due.journal:
-                writer.journaled(due.journal, self.journal.append([entry.record for entry in due.journal]))
+                tried = True
+                try:
+                    segment = self.journal.append([entry.record for entry in due.journal])
+                except OSError as error:
+                    self._disk_failed(error)  # they stay in memory only; the next tick tries again
+                else:
+                    writer.journaled(due.journal, segment)
+        if not tried:
+            self._disk_recheck(now)
         return spooled
+
+    def _to_disk(self, records: list[CallRecord]) -> int:
+        """Append ``records`` to the spool a batch at a time; returns how many the disk took (the
+        first ones: the rest stay in memory)."""
+        step = max(1, self.settings.batch_size)
+        done = 0
+        for start in range(0, len(records), step):
+            part = records[start:start + step]
+            try:
+                taken = self.spool.append(part)
+            except OSError as error:
+                self._disk_failed(error)
+                return done
+            done += taken
+            if taken < len(part):
+                self._disk_full()
+                return done
+        self._disk_ok(time.monotonic())
+        return done
 
     def drained(self) -> bool:
         """Nothing held in memory (it may still be in the spool)."""
@@ -662,22 +934,38 @@ class SinkLane:
         for writer in self.writers:
             writer.join(max(0.0, deadline - time.monotonic()))
         spooled += self.guard(time.monotonic(), 0.0, everything=True)
+        journaled = 0
+        for writer in self.writers:
+            copies, gone = writer.abandon()
+            journaled += copies
+            self.lose(gone, "the process stopped and the spool's disk refused them")
+        if journaled:
+            log.warning("sink %s: %d records the disk refused at stop have a journal copy: the spool "
+                        "replays them at the next start", self.name, journaled)
         self.journal.close()
         self.spool.close()
         return spooled
 
     def status(self) -> dict[str, object]:
         stats = self.stats
+        with self._moving:  # not while the guard moves records from memory to disk
+            queued, spooled = self.queued(), self.spool.pending - self._twice_on_disk
         return {
             "sink": self.name,
             "target": self.description,
             "healthy": self.healthy,
             "received": stats.received,
             "written": stats.written,
-            "queued": self.queued(),
-            "spooled": self.spool.pending,
+            "queued": queued,
+            "spooled": spooled,
             "journaled": self.journal.held,
             "rejected": stats.rejected,
+            "lost": stats.lost + self.spool.lost,
+            "recovered": stats.recovered,
+            "disk": self.disk,
+            "disk_error": self.disk_error,
+            "spool_mb": round(self.spool.bytes / 1e6, 3),
+            "spool_max_mb": round(self.spool.max_bytes / 1e6, 3),
             "retries": stats.retries,
             "conflicts": stats.conflicts,
             "coalesced": stats.coalesced,
@@ -718,8 +1006,8 @@ class Guard:
             for lane in self.lanes():
                 try:
                     lane.guard(now, self.window_s)
-                except Exception:  # noqa: BLE001 - a full disk must not kill the guard
-                    log.exception("sink %s: could not spool", lane.name)
+                except Exception:  # noqa: BLE001 - a bug must not kill the guard (disk errors are handled)
+                    log.exception("sink %s: guard tick failed", lane.name)
             self.ticked = time.monotonic()
 
     def stop(self) -> None:

@@ -119,9 +119,9 @@ def test_records_for_a_down_sink_are_spooled_within_the_window_then_replayed_onc
 
 
 def test_records_on_their_way_to_the_spool_are_not_taken_for_written(tmp_path) -> None:
-    """flush() and `fs-cdr replay` wait for settled(). While the guard moves records from memory
-    to the spool (a slow fsync), neither copy is counted yet: settled() must still say no, or a
-    flush returns with every one of those records unwritten (seen once in CI)."""
+    """flush() and `fs-cdr replay` wait for settled(). While the guard copies records to the spool
+    (a slow fsync) they are still in memory, and leave it only once the spool has them: settled()
+    must say no meanwhile, or a flush returns with every one of those records unwritten."""
     lane, state = lane_with(tmp_path, down=True)
     append, moving, release = lane.spool.append, threading.Event(), threading.Event()
 
@@ -139,16 +139,16 @@ def test_records_on_their_way_to_the_spool_are_not_taken_for_written(tmp_path) -
         assert wait_for(lambda: lane.stats.retries >= 1, 5.0)
         guard.start()
         assert moving.wait(5)
-        assert lane.drained()  # out of memory ...
+        assert not lane.drained() and lane.queued() == 20  # still in memory ...
         answer = []
         asking = threading.Thread(target=lambda: answer.append(lane.settled()))
         asking.start()
         asking.join(0.2)
-        release.set()  # ... and not yet in the spool
+        release.set()  # ... until the spool has them
         asking.join(5)
         guard.join(5)
         assert answer == [False]
-        assert lane.spool.pending == 20 and not lane.settled()
+        assert lane.spool.pending == 20 and lane.drained() and not lane.settled()
     finally:
         release.set()
         lane.stop(1.0)
@@ -249,7 +249,7 @@ def test_stop_spools_what_could_not_be_written_and_a_new_lane_replays_it(tmp_pat
 def test_journal_left_by_a_crash_is_replayed_at_the_next_start(tmp_path) -> None:
     lane, state = lane_with(tmp_path, delay=5)
     lane.journal.append([{"uuid": "crashed-1"}, {"uuid": "crashed-2"}])
-    lane.journal._handle.close()  # the process dies here: no release, no clean stop
+    os.close(lane.journal._fd)  # the process dies here: no release, no clean stop
     lane.spool.close()
     state["delay"] = 0
     again = SinkLane("test", "controlled", lambda: ControlledSink(state),

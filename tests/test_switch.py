@@ -14,6 +14,8 @@ import types
 
 import pytest
 
+from processes import wait_for
+
 from conftest import SCENARIOS, TOTAL_ROWS, database_entry, hangups, rows, scenario_events
 
 
@@ -156,8 +158,9 @@ def test_shutdown_event_spools_and_the_next_start_writes_them(fake_switch) -> No
     while engine.records < 1 and time.time() < deadline:
         time.sleep(0.02)
     assert engine.shutting_down
-    # fsynced to the spool on arrival; the writer may already have replayed it into SQLite
-    assert engine.lanes[0].spool.spooled_total == 1
+    # fsynced to the spool on arrival (engine.records counts it just before it is dispatched); the
+    # writer may already have replayed it into SQLite
+    assert wait_for(lambda: engine.lanes[0].spool.spooled_total == 1, 5)
     api(fake_switch, "stop")
     assert "started" in api(fake_switch, "start")
     assert api(fake_switch, "flush").startswith("+OK")

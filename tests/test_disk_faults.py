@@ -1,0 +1,396 @@
+"""When the disk under the spool fails: real faults on a size-limited tmpfs (full, read-only, a
+directory removed, a segment cut by hand). No record leaves memory before it is on disk or in the
+sink; what neither can hold is counted lost with its uuid in the log; the counters always add up.
+
+Needs root for ``mount``; each test skips with the reason where the machine refuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import MARIADB, drop_table, hangups, rows
+from fs_cdr.config import BatchSettings
+from fs_cdr.errors import RetriableError
+from fs_cdr.retry import Backoff
+from fs_cdr.spool import Spool
+from fs_cdr.writer import Guard, SinkLane
+from processes import wait_for
+
+#: A record about the size of a real one with ``details`` (3.5 KB).
+PAYLOAD = json.dumps({"sip_h_X-Padding": "x" * 3000})
+
+
+class SwitchableSink:
+    """Stores rows by uuid like an upsert would; ``state["down"]`` makes every write fail."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def open(self) -> None:
+        if self.state["down"]:
+            raise RetriableError("connection refused")
+
+    def write(self, records: Any) -> None:
+        if self.state["down"]:
+            raise RetriableError("server has gone away")
+        with self.state["lock"]:
+            for record in records:
+                self.state["rows"][record["uuid"]] = record
+
+    def close(self) -> None:
+        pass
+
+
+def _mount(path: str, size: str) -> None:
+    os.makedirs(path, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                            capture_output=True, text=True, timeout=20)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs for a full disk here ({result.stderr.strip() or result.returncode}); "
+                    "run the tests as root")
+
+
+def _umount(path: str) -> None:
+    subprocess.run(["umount", "-l", path], capture_output=True, timeout=20)
+
+
+@contextmanager
+def tiny_disk(path: str, size: str = "2m") -> Iterator[str]:
+    _mount(path, size)
+    try:
+        yield path
+    finally:
+        _umount(path)
+
+
+def remount(path: str, mode: str) -> None:
+    result = subprocess.run(["mount", "-o", f"remount,{mode}", path], capture_output=True, text=True, timeout=20)
+    if result.returncode:
+        pytest.skip(f"cannot remount {path} {mode}: {result.stderr.strip()}")
+
+
+def fill(path: str) -> str:
+    """Take every free byte of the filesystem at ``path`` with a ballast file; returns its path."""
+    ballast = os.path.join(path, "ballast")
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (65536, 4096, 512, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    return ballast
+
+
+def lane_on(directory: str, state: dict[str, Any], queue_size: int = 5000, **settings: Any) -> SinkLane:
+    return SinkLane("test", "switchable", lambda: SwitchableSink(state),
+                    BatchSettings(batch_size=50, flush_interval_ms=10, queue_size=queue_size, worker_process=False,
+                                  **settings),
+                    directory, backoff=Backoff(base_s=0.01, cap_s=0.05))
+
+
+def new_state(down: bool = True) -> dict[str, Any]:
+    return {"down": down, "rows": {}, "lock": threading.Lock()}
+
+
+def record(index: int, tag: str = "call") -> dict[str, Any]:
+    return {"uuid": f"{tag}-{index:06d}", "details": PAYLOAD}
+
+
+def counts(lane: SinkLane) -> dict[str, int]:
+    status = lane.status()
+    return {name: int(status[name]) for name in ("received", "written", "queued", "spooled", "rejected", "lost")}
+
+
+def adds_up(lane: SinkLane) -> bool:
+    c = counts(lane)
+    return c["received"] == c["written"] + c["queued"] + c["spooled"] + c["rejected"] + c["lost"]
+
+
+def disk_lines(caplog: Any, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and text in r.getMessage()]
+
+
+@pytest.fixture
+def disk(tmp_path: Any) -> Iterator[str]:
+    with tiny_disk(str(tmp_path / "disk")) as path:
+        yield path
+
+
+def test_a_full_spool_disk_keeps_records_in_memory_until_the_sink_takes_them(disk, caplog) -> None:
+    state = new_state(down=True)
+    lane = lane_on(disk, state, spool_max_mb=100)  # the disk fills before the bound
+    guard = Guard(lambda: [lane], 0.1)
+    lane.start()
+    guard.start()
+    try:
+        for index in range(2000):  # ~6 MB of records for a 2 MB disk
+            lane.offer(record(index), time.monotonic())
+        assert wait_for(lambda: lane.disk == "full" and lane.queued() > 0 and adds_up(lane), 20), counts(lane)
+        time.sleep(1.0)  # several guard ticks on the full disk
+        c = counts(lane)
+        assert c["spooled"] > 0 and c["queued"] > 0 and c["lost"] == 0 and adds_up(lane), c
+        refusals = disk_lines(caplog, "refuses records")
+        assert len(refusals) == 1, refusals  # one line per state change, not one per tick
+        assert disk in refusals[0] and "ENOSPC" in refusals[0] and "MB free of" in refusals[0]
+        assert lane.status()["disk"] == "full" and not lane.healthy
+
+        state["down"] = False
+        assert wait_for(lambda: len(state["rows"]) == 2000 and lane.settled(), 30), counts(lane)
+        c = counts(lane)
+        assert c == {"received": 2000, "written": 2000, "queued": 0, "spooled": 0, "rejected": 0, "lost": 0}, c
+        assert wait_for(lambda: lane.disk in ("ok", "low"), 5)
+        assert any("takes records again" in r.getMessage() for r in caplog.records)
+    finally:
+        guard.stop()
+        lane.stop(1.0)
+
+
+def test_what_memory_cannot_hold_is_counted_lost_and_its_uuids_logged(disk, caplog) -> None:
+    state = new_state(down=True)
+    lane = lane_on(disk, state, queue_size=300)
+    guard = Guard(lambda: [lane], 0.1)
+    lane.start()
+    guard.start()
+    try:
+        for index in range(1000):
+            lane.offer(record(index), time.monotonic())
+            if index % 100 == 0:
+                time.sleep(0.15)  # let the guard fill the disk as a real call rate would
+        assert wait_for(lambda: lane.disk == "full" and adds_up(lane), 20), counts(lane)
+        c = counts(lane)
+        assert c["lost"] > 0 and c["queued"] <= 300 + 50 and c["spooled"] > 0, c  # queue + the batch in flight
+        named = [r.getMessage() for r in caplog.records if "LOST" in r.getMessage()]
+        assert named and "call-" in named[0]
+        first_lost = named[0].split(": ")[-1].split(",")[0].strip("'\" ")
+
+        state["down"] = False
+        assert wait_for(lambda: lane.settled(), 30), counts(lane)
+        c = counts(lane)
+        assert c["written"] + c["lost"] == 1000 and adds_up(lane), c
+        assert len(state["rows"]) == c["written"]
+        assert first_lost not in state["rows"]  # the uuid the log named is really the one missing
+    finally:
+        guard.stop()
+        lane.stop(1.0)
+
+
+def test_a_stop_while_neither_sink_nor_disk_takes_records_counts_them_lost(disk, caplog) -> None:
+    fill(disk)
+    state = new_state(down=True)
+    lane = lane_on(disk, state)
+    lane.start()
+    for index in range(40):
+        lane.offer(record(index), time.monotonic())
+    assert wait_for(lambda: lane.stats.retries >= 1, 5)
+    lane.stop(0.2)
+    c = counts(lane)
+    assert c["lost"] == 40 and c["queued"] == 0 and adds_up(lane), c
+    assert any("LOST" in r.getMessage() and "call-000000" in r.getMessage() for r in caplog.records)
+
+
+def test_a_read_only_disk_holds_records_in_memory_and_they_spool_once_it_is_writable(disk, caplog) -> None:
+    """The spool's disk is read-only when the sink starts (a remount after an fsck, a failing
+    device): records stay in memory; once it is writable again they are spooled."""
+    remount(disk, "ro")
+    state = new_state(down=True)
+    try:
+        lane = lane_on(disk, state)
+        guard = Guard(lambda: [lane], 0.1)
+        lane.start()
+        guard.start()
+        for index in range(100):
+            lane.offer(record(index), time.monotonic())
+        assert lane.disk == "failing" and "EROFS" in lane.disk_error, lane.status()
+        assert wait_for(lambda: lane.stats.retries >= 1, 5)
+        time.sleep(0.5)
+        assert lane.queued() == 100 and adds_up(lane) and lane.spool.pending == 0
+        assert len(disk_lines(caplog, "refuses records")) == 1
+    finally:
+        remount(disk, "rw")
+    try:
+        assert wait_for(lambda: lane.spool.pending == 100 and lane.queued() == 0, 10), counts(lane)
+        assert lane.disk in ("ok", "low") and adds_up(lane)
+        state["down"] = False
+        assert wait_for(lambda: len(state["rows"]) == 100 and lane.settled(), 20)
+    finally:
+        guard.stop()
+        lane.stop(1.0)
+
+
+def test_a_spool_directory_removed_by_hand_is_counted_lost_and_made_again(tmp_path, caplog) -> None:
+    state = new_state(down=True)
+    lane = lane_on(str(tmp_path), state)
+    lane.start()
+    try:
+        for index in range(30):
+            lane.offer(record(index), time.monotonic())
+        assert wait_for(lambda: lane.stats.retries >= 1, 5)
+        lane.guard(time.monotonic() + 10, 0.1)
+        assert lane.spool.pending == 30
+        shutil.rmtree(lane.spool.directory)
+        for index in range(30, 40):
+            lane.offer(record(index), time.monotonic())
+        lane.guard(time.monotonic() + 20, 0.1)  # appends into a directory made again
+        state["down"] = False
+        assert wait_for(lambda: lane.settled(), 20), counts(lane)
+        c = counts(lane)
+        assert c["lost"] == 30 and c["written"] == 10 and adds_up(lane), c
+        assert sorted(state["rows"]) == [f"call-{index:06d}" for index in range(30, 40)]
+        assert any("removed from the spool by hand" in m for m in disk_lines(caplog, "lost"))
+    finally:
+        lane.stop(1.0)
+
+
+def test_a_segment_cut_by_hand_counts_the_missing_records_lost(tmp_path, caplog) -> None:
+    spool = Spool(str(tmp_path))
+    spool.append([record(index) for index in range(100)])
+    segment = os.path.join(str(tmp_path), sorted(n for n in os.listdir(tmp_path) if n.endswith(".jsonl"))[0])
+    spool.close()
+    with open(segment, "r+b") as handle:
+        handle.truncate(os.path.getsize(segment) // 2)
+    spool = Spool(str(tmp_path))
+    seen = 0
+    while spool.pending:
+        ticket, records = spool.take(30)
+        assert ticket is not None
+        seen += len(records)
+        spool.confirm(ticket)
+    assert 45 <= seen <= 50 and spool.lost == 0  # the cut is found when the segment was counted again
+    spool.close()
+
+    # cut while this process has it counted: confirmed short, the rest is lost and logged
+    spool = Spool(str(tmp_path / "again"))
+    spool.append([record(index) for index in range(100)])
+    segment = [os.path.join(spool.directory, n) for n in os.listdir(spool.directory) if n.endswith(".jsonl")][0]
+    with open(segment, "r+b") as handle:
+        handle.truncate(os.path.getsize(segment) // 2)
+    seen = 0
+    while spool.pending:
+        ticket, records = spool.take(30)
+        assert ticket is not None
+        seen += len(records)
+        spool.confirm(ticket)
+    assert seen + spool.lost == 100 and spool.lost > 0
+    assert disk_lines(caplog, "fewer records than were spooled")
+    spool.close()
+
+
+@pytest.mark.parametrize("offset_files", ["kept", "removed"])
+def test_replay_drains_a_spool_on_a_disk_with_no_byte_free(disk, offset_files) -> None:
+    state = new_state(down=True)
+    lane = lane_on(disk, state, spool_max_mb=1.2)
+    lane.start()
+    for index in range(600):
+        lane.offer(record(index), time.monotonic())
+    assert wait_for(lambda: lane.stats.retries >= 1, 5)
+    lane.guard(time.monotonic() + 10, 0.1)
+    spooled = lane.spool.pending
+    lane.stop(0.2)
+    assert spooled > 200, spooled
+    if offset_files == "removed":  # a spool written by an older fs_cdr, or offset files lost
+        for name in os.listdir(os.path.join(disk, "test")):
+            if name.endswith(".offset"):
+                os.unlink(os.path.join(disk, "test", name))
+    fill(disk)
+    state["down"] = False
+    lane = lane_on(disk, state)
+    assert lane.spool.pending == spooled and lane.stats.recovered == spooled
+    lane.start()
+    try:
+        assert wait_for(lambda: lane.settled(), 30), counts(lane)
+        assert len(state["rows"]) == spooled
+        assert not [n for n in os.listdir(os.path.join(disk, "test")) if n.endswith(".jsonl")]
+        assert adds_up(lane) and counts(lane)["written"] == spooled
+    finally:
+        lane.stop(1.0)
+
+
+def test_spool_max_mb_bounds_the_spool_and_never_deletes_what_is_on_disk(tmp_path) -> None:
+    state = new_state(down=True)
+    lane = lane_on(str(tmp_path), state, spool_max_mb=0.5)
+    lane.start()
+    try:
+        for index in range(400):
+            lane.offer(record(index), time.monotonic())
+        assert wait_for(lambda: lane.stats.retries >= 1, 5)
+        lane.guard(time.monotonic() + 10, 0.1)
+        first = lane.spool.pending
+        assert 0 < first < 400 and lane.spool.bytes <= 500_000
+        assert lane.disk == "full" and "spool_max_mb" in lane.disk_error
+        for index in range(400, 450):
+            lane.offer(record(index), time.monotonic())
+        lane.guard(time.monotonic() + 20, 0.1)
+        assert lane.spool.pending == first  # nothing made room
+        assert adds_up(lane) and counts(lane)["lost"] == 0
+        state["down"] = False
+        assert wait_for(lambda: lane.settled(), 20), counts(lane)
+        assert len(state["rows"]) == 450
+    finally:
+        lane.stop(1.0)
+
+
+# -- the command line, against the real MariaDB --------------------------------------------------
+
+def _events_file(path: str, count: int, tag: str) -> str:
+    template = hangups("b_bridge_null")[1]
+    with open(path, "w", encoding="utf-8") as handle:
+        for index in range(count):
+            handle.write(json.dumps(dict(template, **{"Unique-ID": f"{tag}-{index:06d}"})) + "\n")
+    return path
+
+
+def _cdr_json(path: str, table: str, spool_dir: str, port: int) -> str:
+    document = {"cdr": {"details": True, "spool_dir": spool_dir, "durable_window_ms": 200,
+                        "database": {"dbtype": "mysql", "table": table, "username": "root",
+                                     "connectionstring": f"{MARIADB['host']},{port}@{MARIADB['database']}",
+                                     "timeout_s": 1, "worker_process": False}}}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(document, handle)
+    return path
+
+
+def _fs_cdr(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fs_cdr", *args], capture_output=True, text=True, timeout=180)
+
+
+def test_play_and_replay_on_a_full_disk_say_what_they_could_not_do(tmp_path, table_name) -> None:
+    spool_dir = str(tmp_path / "disk")
+    events = _events_file(str(tmp_path / "calls.jsonl"), 2000, "full")
+    down = _cdr_json(str(tmp_path / "down.json"), table_name, spool_dir, 1)  # nothing listens on port 1
+    up = _cdr_json(str(tmp_path / "up.json"), table_name, spool_dir, MARIADB["port"])
+    with tiny_disk(spool_dir):
+        try:
+            played = _fs_cdr("-c", down, "play", events)
+            assert played.returncode == 1, played.stderr[-2000:]
+            assert "refuses records" in played.stderr
+            lost_line = [line for line in played.stderr.splitlines() if "records LOST" in line]
+            assert lost_line, played.stderr[-2000:]
+            lost = int(re.search(r"(\d+) records LOST", lost_line[0]).group(1))  # type: ignore[union-attr]
+            assert 0 < lost < 2000
+            assert "Traceback" not in played.stderr
+
+            replayed = _fs_cdr("-c", up, "replay", "--timeout", "60")
+            assert replayed.returncode == 0, replayed.stdout + replayed.stderr[-2000:]
+            written = rows("mysql", tmp_path, table_name, "uuid")
+            assert len(written) + lost == 2000, (len(written), lost, replayed.stdout)
+            assert "; done" in replayed.stdout and "Traceback" not in replayed.stderr
+            assert not [n for n in os.listdir(os.path.join(spool_dir, "mysql")) if n.endswith(".jsonl")]
+        finally:
+            drop_table("mysql", tmp_path, table_name)

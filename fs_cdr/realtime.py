@@ -16,15 +16,20 @@ for what meets in the table: replays from the spool, other writers, other switch
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Mapping, Optional
 
-from .channel import Headers, clean_text, header
+from .channel import Headers, clean_text, header, shown
 from .schema import SHORT_LIMIT
 from .config import CdrConfig
 from .fields import to_number
 from .record import CallRecord, RecordBuilder
+
+log = logging.getLogger("fs_cdr.realtime")
 
 #: Channel event -> call_state of the row it updates.
 STATES = {
@@ -44,6 +49,14 @@ COMPLETED = "completed"
 REMOVED = "removed"
 #: The states of a leg's last record: nothing that follows replaces them.
 FINAL_STATES = frozenset((COMPLETED, REMOVED))
+#: call_state of a real-time row whose FreeSWITCH stopped without hanging it up (kill -9, a crash):
+#: set at the next start (:func:`close_lost_rows`), so that wallboards show no ghost calls.
+LOST = "lost"
+#: The event_seq such a row gets: above any update, so that none from the crashed run (replayed from
+#: its spool) reopens the row; its completed record, if it was spooled, still replaces it.
+LOST_SEQ = 2**53 - 1
+#: The states of a row whose channel is still up, as far as the row knows.
+OPEN_STATES = tuple(dict.fromkeys(STATES.values()))
 
 #: The headers an update reads. Inside FreeSWITCH these are fetched one by one with getHeader, which
 #: costs far less than serializing the whole event (updates are most of the events in real-time mode).
@@ -147,3 +160,55 @@ class ChannelOrder:
             seen.popitem(last=False)
         seen[key] = (final, seq)
         return True
+
+
+def close_lost_rows(config: CdrConfig, switchname: str, core_uuid: str) -> int:
+    """At start, in each real-time database: the rows of this ``switchname`` whose ``core_uuid`` is
+    not the running one and which are not completed become ``lost`` (``SqlSink.close_lost``). Another
+    switch's rows, completed rows and this run's rows are never touched. Returns how many; raises the
+    sink's error when a database cannot be reached (:func:`close_lost_rows_soon` retries)."""
+    from .schema import table_columns
+    from .sinks.sql import SqlSink, dialect_for
+
+    closed = 0
+    for database in config.databases:
+        if not database.real:
+            continue
+        dialect = dialect_for(database.dbtype, database)
+        if dialect is None:
+            continue
+        sink = SqlSink(dialect, database, table_columns(config), create=False)
+        try:
+            sink.open()
+            count = sink.close_lost(switchname, core_uuid)
+        finally:
+            sink.close()
+        if count:
+            log.warning("%s: %d real-time rows of switch %s left open by an earlier run (FreeSWITCH stopped "
+                        "without hanging them up) are now call_state 'lost'", database.describe(), count,
+                        shown(switchname))
+        closed += count
+    return closed
+
+
+def close_lost_rows_soon(config: CdrConfig, switchname: str, core_uuid: str,
+                         attempts: int = 20, pause_s: float = 15.0) -> Optional[threading.Thread]:
+    """:func:`close_lost_rows` in a thread of its own, retried while a database is down (FreeSWITCH's
+    start never waits for it)."""
+    if not switchname or not core_uuid or not any(database.real for database in config.databases):
+        return None
+
+    def run() -> None:
+        for attempt in range(1, attempts + 1):
+            try:
+                close_lost_rows(config, switchname, core_uuid)
+                return
+            except Exception as error:  # noqa: BLE001 - logged, then tried again
+                if attempt == attempts:
+                    log.error("could not close the real-time rows an earlier run left open: %s", error)
+                    return
+                time.sleep(pause_s)
+
+    thread = threading.Thread(target=run, name="fs_cdr-lost-rows", daemon=True)
+    thread.start()
+    return thread

@@ -31,7 +31,7 @@ import freeswitch
 from .channel import dumps
 from .config import CdrConfig, Paths, load_config, resolve_config_path
 from .engine import EVENTS, REALTIME_EVENTS, Engine, format_status
-from .realtime import STATES
+from .realtime import STATES, close_lost_rows_soon
 from .realtime import header_names as realtime_header_names
 from .errors import ConfigError
 
@@ -83,6 +83,15 @@ def _global(name: str) -> str:
         return ""
 
 
+def _switchname() -> str:
+    """What this FreeSWITCH writes as FreeSWITCH-Switchname (switch.conf.xml's switchname, else the
+    host name)."""
+    try:
+        return (freeswitch.API().executeString("switchname") or "").strip()
+    except Exception:  # noqa: BLE001
+        return ""
+
+
 def _paths() -> Paths:
     return Paths(
         conf_dir=_global("conf_dir") or "/etc/freeswitch",
@@ -113,6 +122,7 @@ def start(argument: str = "") -> str:
                 return f"-ERR fs_cdr not started: {error}"
             _engine = Engine(config).start()
             _config_path = path
+            close_lost_rows_soon(config, _switchname(), _global("core_uuid"))
         _source_running.set()
         _source = threading.Thread(target=consume, name="fs_cdr-source", daemon=True)
         _source.start()
@@ -215,7 +225,8 @@ def command(argument: str) -> str:
             return prometheus(status)
         return format_status(status)
     if name == "replay":
-        return "+OK " + engine.replay()
+        answer = engine.replay()
+        return ("-ERR " if "refuses" in answer or "lost" in answer else "+OK ") + answer
     if engine.flush(10.0):
         return "+OK flushed"
     return "-ERR not everything was written within 10 s (the rest is queued or spooled)"

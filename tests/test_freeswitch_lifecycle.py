@@ -163,3 +163,47 @@ def test_startup_without_a_path_finds_cdr_json_in_the_conf_directory(tmp_path) -
         assert live.wait_until(lambda: count(database) == 1, 10)
     finally:
         live.shutdown()
+
+
+def test_kill_9_mid_call_leaves_no_ghost_call_in_real_time_rows(tmp_path) -> None:
+    """A call up in real-time mode, FreeSWITCH killed with -9: at the next start the row of that call
+    says ``lost`` (a wallboard shows no ghost call), and this run's calls are untouched."""
+    database = tmp_path / "cdr.sqlite"
+    live = LiveSwitch(tmp_path, {"database": {"dbtype": "sqlite", "connectionstring": str(database), "real": True},
+                                 "spool_dir": str(tmp_path / "spool")})
+    live.prepare()
+    live.start()
+
+    def state(uuid: str) -> str:
+        try:
+            connection = sqlite3.connect(str(database))
+            try:
+                found = connection.execute("SELECT call_state FROM cdr WHERE uuid = ?", (uuid,)).fetchone()
+                return found[0] if found else ""
+            finally:
+                connection.close()
+        except sqlite3.OperationalError:
+            return ""
+
+    try:
+        answer = live.api("originate {origination_caller_id_name=ghost}null/ghost &park")
+        assert answer.startswith("+OK"), answer
+        ghost = answer.split()[1]
+        assert live.wait_until(lambda: state(ghost) in ("answered", "created", "ringing"), 10), state(ghost)
+        time.sleep(0.5)
+    finally:
+        live.kill()
+    assert state(ghost) not in ("completed", "lost", "")
+    live.start()
+    try:
+        answer = live.api("originate {origination_caller_id_name=alive}null/alive &park")
+        assert answer.startswith("+OK"), answer
+        alive = answer.split()[1]
+        assert live.wait_until(lambda: state(ghost) == "lost", 20), state(ghost)
+        assert live.wait_until(lambda: state(alive) not in ("", "lost"), 10)
+        time.sleep(0.5)
+        assert state(alive) != "lost"
+        assert "are now call_state 'lost'" in live.log_text()
+        live.api("hupall")
+    finally:
+        live.shutdown()

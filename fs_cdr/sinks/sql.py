@@ -13,7 +13,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
-from ..realtime import REMOVED
+from ..realtime import LOST, LOST_SEQ, OPEN_STATES, REMOVED
 from ..record import CallRecord
 from ..schema import Column
 from .database import DatabaseConfig
@@ -39,6 +39,12 @@ class Dialect:
 
     def quote(self, identifier: str) -> str:
         return f'"{identifier}"'
+
+    def placeholders(self, count: int) -> list[str]:
+        """``count`` parameter marks for one statement (numbered where the driver wants: Oracle)."""
+        if self.placeholder.startswith(":"):
+            return [f":{index}" for index in range(1, count + 1)]
+        return [self.placeholder] * count
 
     def create_table(self, table: str, columns: Sequence[Column]) -> str:
         lines = [f"  {self.quote(column.name)} {self.types[column.kind]}" for column in columns]
@@ -261,6 +267,32 @@ class SqlSink:
         log.debug("%s: a batch met rows already in the table; upserting for %.0f s", self.config.describe(),
                   BULK_PAUSE_S)
         return False
+
+    def close_lost(self, switchname: str, core_uuid: str) -> int:
+        """Real-time rows of ``switchname`` that an earlier run of it (``core_uuid`` differs) left open —
+        FreeSWITCH was killed mid-call — become ``lost``; returns how many. ``end_epoch`` is the last
+        time the row knows; ``event_seq`` is set above any update, so none from that run (replayed
+        from a spool) reopens the row, while its completed record still replaces it."""
+        quote = self.dialect.quote
+        quote_table = quote(self.config.table)
+        marks = self.dialect.placeholders(4 + len(OPEN_STATES))
+        statement = (
+            f"UPDATE {quote_table} SET {quote('call_state')} = {marks[0]}, {quote('end_epoch')} = "
+            f"COALESCE({quote('end_epoch')}, {quote('answer_epoch')}, {quote('start_epoch')}), "
+            f"{quote('event_seq')} = {marks[1]} WHERE {quote('switchname')} = {marks[2]} AND "
+            f"{quote('core_uuid')} <> {marks[3]} AND {quote('call_state')} IN ({', '.join(marks[4:])})"
+        )
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(statement, (LOST, LOST_SEQ, switchname, core_uuid, *OPEN_STATES))
+            count = cursor.rowcount
+        except Exception as error:
+            self._rollback()
+            raise self.dialect.classify(error) from error
+        finally:
+            cursor.close()
+        self.connection.commit()
+        return max(0, count or 0)
 
     def _rollback(self) -> None:
         try:

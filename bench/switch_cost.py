@@ -21,7 +21,6 @@ from typing import Any
 from live_switch import LiveSwitch, missing_reason
 from processes import processes
 
-from fs_cdr.esl import EventSocket
 from fs_cdr.spool import Journal, Spool
 
 
@@ -37,7 +36,7 @@ def _drive(live: LiveSwitch, calls: int) -> tuple[float, float, float]:
     live.api("fsctl loglevel err")
     live.api("fsctl sps 5000")
     time.sleep(1)
-    socket = EventSocket()
+    socket = live.event_socket()
     cpu_before, workers_before = live.cpu_seconds(), _worker_cpu(live)
     started = time.time()
     for _ in range(calls):

@@ -2,17 +2,24 @@
 repository's files, started with -conf/-log/-db/-run/-scripts so nothing of the installed instance
 is touched, and fs_cdr loaded from the working tree.
 
-Needs FreeSWITCH built with mod_python3 (Debian's /usr/bin/python3) under ``FS_PREFIX``
-(default /usr/local/freeswitch). Every listener stays on 127.0.0.1.
+Needs FreeSWITCH built with mod_python3 (Debian's /usr/bin/python3), in either layout: the source
+layout under ``FS_PREFIX`` (default /usr/local/freeswitch: bin/, mod/, conf/) or the FHS layout of a
+packaged FreeSWITCH (``FS_PREFIX=/usr``, or found when /usr/local/freeswitch is absent: /usr/bin,
+/usr/lib/freeswitch/mod, /etc/freeswitch). Every setting the tests rely on is written into the private
+configuration, whatever the installed one says: the passwords, the domain, every listener on
+127.0.0.1 on ports of this instance's own (so that two can run at once), sessions per second, and the
+modules. Only the modules the build has are loaded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,15 +28,73 @@ from typing import Any, Optional
 from processes import process, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-FS_PREFIX = Path(os.environ.get("FS_PREFIX", "/usr/local/freeswitch"))
-FS_BIN = FS_PREFIX / "bin" / "freeswitch"
-FS_CLI = FS_PREFIX / "bin" / "fs_cli"
-MOD_PYTHON = FS_PREFIX / "mod" / "mod_python3.so"
+
+
+def _layout() -> tuple[Path, Path, Path, Path]:
+    """(freeswitch binary, fs_cli, module directory, installed configuration) of the FreeSWITCH to test."""
+    prefix = os.environ.get("FS_PREFIX")
+    if prefix is None:
+        prefix = "/usr/local/freeswitch" if Path("/usr/local/freeswitch/bin/freeswitch").exists() or \
+            not Path("/usr/bin/freeswitch").exists() else "/usr"
+    root = Path(prefix)
+    if root == Path("/usr"):  # FHS, as Debian's packages and FreeSWITCH's own debian/rules install it
+        return root / "bin/freeswitch", root / "bin/fs_cli", root / "lib/freeswitch/mod", Path("/etc/freeswitch")
+    return root / "bin/freeswitch", root / "bin/fs_cli", root / "mod", root / "conf"
+
+
+FS_BIN, FS_CLI, FS_MOD, FS_CONF = _layout()
+FS_PREFIX = FS_BIN.parent.parent
+MOD_PYTHON = FS_MOD / "mod_python3.so"
 SYSTEM_PYTHON = os.environ.get("FS_PYTHON", "/usr/bin/python3")
 #: Drivers for the Python mod_python3 embeds, installed once from pyproject.toml's pins.
 DRIVERS = REPO / ".fs-site"
 HERE = Path(__file__).resolve().parent / "freeswitch"
+#: The directory users' password (vars.xml default_password) and the event socket's, in every instance.
 PASSWORD = "fsLocal-7391"
+ESL_PASSWORD = "fsCdrTests-2207"
+#: Modules every test instance loads when the build has them.
+MODULES = ("mod_console", "mod_logfile", "mod_event_socket", "mod_sofia", "mod_loopback", "mod_commands",
+           "mod_dptools", "mod_dialplan_xml", "mod_python3", "mod_sndfile", "mod_native_file", "mod_tone_stream",
+           "mod_callcenter", "mod_voicemail", "mod_db", "mod_hash", "mod_expr", "mod_say_en")
+
+
+def _free(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        probe = socket.socket(socket.AF_INET, kind)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        finally:
+            probe.close()
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` consecutive ports free for TCP and UDP on 127.0.0.1 (this instance's listeners)."""
+    for _ in range(200):
+        base = random.randrange(20000, 39000, 10)
+        if all(_free(base + offset) for offset in range(count)):
+            return [base + offset for offset in range(count)]
+    raise RuntimeError("no free ports for a test FreeSWITCH")
+
+
+def set_variable(text: str, name: str, value: str) -> str:
+    """vars.xml: ``name`` set to ``value`` (replacing a set or stun-set of it, else added)."""
+    line = f'<X-PRE-PROCESS cmd="set" data="{name}={value}"/>'
+    pattern = rf'<X-PRE-PROCESS\s+cmd="(?:stun-)?set"\s+data="{re.escape(name)}=[^"]*"\s*/>'
+    if re.search(pattern, text):
+        return re.sub(pattern, lambda _: line, text)
+    return text.replace("</include>", f"  {line}\n</include>", 1)
+
+
+def set_param(text: str, name: str, value: str) -> str:
+    """A ``<param name=... value=...>`` of a configuration file set to ``value`` (added if missing)."""
+    pattern = rf'<param\s+name="{re.escape(name)}"\s+value="[^"]*"\s*/>'
+    line = f'<param name="{name}" value="{value}"/>'
+    if re.search(pattern, text):
+        return re.sub(pattern, lambda _: line, text)
+    return re.sub(r"<settings>", lambda _: f"<settings>\n    {line}", text, count=1)
 
 
 def missing_reason() -> Optional[str]:
@@ -64,9 +129,12 @@ class LiveSwitch:
     """One FreeSWITCH process with a configuration of its own under ``root``."""
 
     def __init__(self, root: Path, cdr: dict[str, Any], fs_cdr: bool = True,
-                 native_cdr: tuple[str, ...] = (), config_argument: bool = True) -> None:
+                 native_cdr: tuple[str, ...] = (), config_argument: bool = True, preinstalled: bool = True) -> None:
         """``fs_cdr``: start fs_cdr with FreeSWITCH; ``native_cdr``: FreeSWITCH's own CDR modules to
-        keep loaded (all are off otherwise; the benchmark compares with them)."""
+        keep loaded (all are off otherwise; the benchmark compares with them); ``preinstalled``
+        False: nothing of fs_cdr in the scripts directory or python.conf.xml (the installer's test
+        puts it there)."""
+        self.preinstalled = preinstalled
         self.root = root
         self.fs_cdr = fs_cdr
         self.native_cdr = native_cdr
@@ -77,6 +145,9 @@ class LiveSwitch:
         self.scripts = root / "scripts"
         self.cdr_path = root / "cdr.json"
         self.process: Optional[subprocess.Popen] = None
+        #: this instance's listeners, all on 127.0.0.1
+        self.esl_port, self.internal_port, self.external_port, ws, wss = free_ports(5)
+        self._ws_ports = (ws, wss)
         self.write_cdr(cdr)
 
     # -- configuration ---------------------------------------------------------------------------
@@ -84,15 +155,24 @@ class LiveSwitch:
         self.cdr_path.write_text(json.dumps({"cdr": cdr}, indent=2))
 
     def prepare(self) -> None:
-        shutil.copytree(FS_PREFIX / "conf", self.conf, symlinks=True)
+        shutil.copytree(FS_CONF, self.conf, symlinks=True)
         for name in ("log", "db", "run", "storage", "recordings", "temp", "cache"):
             (self.root / name).mkdir(exist_ok=True)
         # scripts: the pinned drivers, and fs_cdr from the working tree
         self.scripts.mkdir()
-        for entry in ensure_drivers().iterdir():
+        if not self.preinstalled:
+            (self.conf / "autoload_configs/python.conf.xml").write_text(
+                '<configuration name="python.conf" description="Python Configuration">\n  <settings>\n'
+                '  </settings>\n</configuration>\n')
+        for entry in (ensure_drivers().iterdir() if self.preinstalled else ()):
             if entry.name not in ("bin", "__pycache__") and not entry.name.startswith("."):
                 (self.scripts / entry.name).symlink_to(entry)
-        (self.scripts / "fs_cdr").symlink_to(REPO / "fs_cdr")
+        if self.preinstalled:
+            (self.scripts / "fs_cdr").symlink_to(REPO / "fs_cdr")
+            self._python_conf()
+        self._dialplan_and_profiles()
+
+    def _python_conf(self) -> None:
         # fs_cdr starts with FreeSWITCH, from the repository's python.conf.xml
         python_conf = (REPO / "freeswitch/autoload_configs/python.conf.xml").read_text()
         if self.config_argument:
@@ -103,6 +183,8 @@ class LiveSwitch:
             python_conf = python_conf.replace('<param name="startup-script"', '<!-- param name="startup-script"')
             python_conf = python_conf.replace('/>\n  </settings>', '-->\n  </settings>')
         (self.conf / "autoload_configs/python.conf.xml").write_text(python_conf)
+
+    def _dialplan_and_profiles(self) -> None:
         # the repository's dialplan examples, and the test-only far end, users and gateway
         # The examples go first in the default context, before the vanilla extensions (which claim
         # many numbers), as the README tells operators to include them.
@@ -121,7 +203,9 @@ class LiveSwitch:
         shutil.copy(HERE / "public_fs_cdr_far_end.xml", self.conf / "dialplan/public/00_fs_cdr_far_end.xml")
         shutil.copy(HERE / "directory_fs_cdr_users.xml", self.conf / "directory/default/fs_cdr_users.xml")
         (self.conf / "sip_profiles/internal").mkdir(exist_ok=True)
-        shutil.copy(HERE / "gateway_fs_cdr_carrier.xml", self.conf / "sip_profiles/internal/fs_cdr_carrier.xml")
+        carrier = (HERE / "gateway_fs_cdr_carrier.xml").read_text().replace("127.0.0.1:5080",
+                                                                             f"127.0.0.1:{self.external_port}")
+        (self.conf / "sip_profiles/internal/fs_cdr_carrier.xml").write_text(carrier)
         internal = (self.conf / "sip_profiles/internal.xml").read_text()
         internal = re.sub(r"<gateways>\s*</gateways>",
                           # the preprocessor only sees X-PRE-PROCESS at the start of a line
@@ -134,9 +218,7 @@ class LiveSwitch:
         switch = re.sub(r'(name="sessions-per-second" value=")\d+"', r'\g<1>5000"', switch)
         switch = re.sub(r'(name="max-sessions" value=")\d+"', r'\g<1>5000"', switch)
         (self.conf / "autoload_configs/switch.conf.xml").write_text(switch)
-        variables = (self.conf / "vars.xml").read_text()
-        variables = variables.replace('data="domain=$${local_ip_v4}"', 'data="domain=127.0.0.1"')
-        (self.conf / "vars.xml").write_text(variables)
+        self._own_settings()
         # FreeSWITCH's own CDR modules are not what is under test here (the benchmark compares them)
         modules = (self.conf / "autoload_configs/modules.conf.xml").read_text()
         for module in {"mod_cdr_csv", "mod_cdr_sqlite", "mod_json_cdr", "mod_xml_cdr"} - set(self.native_cdr):
@@ -148,6 +230,59 @@ class LiveSwitch:
             if not re.search(rf'^\s*<load module="{module}"/>', modules, flags=re.MULTILINE):
                 modules = modules.replace("</modules>", f'  <load module="{module}"/>\n  </modules>', 1)
         (self.conf / "autoload_configs/modules.conf.xml").write_text(modules)
+
+    def _own_settings(self) -> None:
+        """What the tests rely on, written over whatever the installed configuration says."""
+        variables = (self.conf / "vars.xml").read_text()
+        for name, value in (("default_password", PASSWORD), ("domain", "127.0.0.1"), ("bind_server_ip", "127.0.0.1"),
+                            ("external_rtp_ip", "127.0.0.1"), ("external_sip_ip", "127.0.0.1"),
+                            ("internal_sip_port", str(self.internal_port)),
+                            ("external_sip_port", str(self.external_port))):
+            variables = set_variable(variables, name, value)
+        (self.conf / "vars.xml").write_text(variables)
+        events = self.conf / "autoload_configs/event_socket.conf.xml"
+        text = events.read_text()
+        for name, value in (("listen-ip", "127.0.0.1"), ("listen-port", str(self.esl_port)),
+                            ("password", ESL_PASSWORD), ("nat-map", "false")):
+            text = set_param(text, name, value)
+        events.write_text(text)
+        profiles = self.conf / "sip_profiles"
+        for path in list(profiles.iterdir()):
+            if "ipv6" in path.name:  # they would bind the machine's IPv6 address
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for name, ws in (("internal.xml", True), ("external.xml", False)):
+            path = profiles / name
+            text = path.read_text()
+            for param in ("sip-ip", "rtp-ip"):
+                text = set_param(text, param, "127.0.0.1")
+            if ws:
+                text = set_param(text, "ws-binding", f"127.0.0.1:{self._ws_ports[0]}")
+                text = set_param(text, "wss-binding", f"127.0.0.1:{self._ws_ports[1]}")
+            path.write_text(text)
+        switch = self.conf / "autoload_configs/switch.conf.xml"
+        text = switch.read_text()
+        start = 40000 + (self.esl_port % 1000) * 20
+        text = set_param(text, "rtp-start-port", str(start))
+        text = set_param(text, "rtp-end-port", str(start + 19))
+        switch.write_text(text)
+        # only listeners on loopback: modules that open others are left out
+        modules = self.conf / "autoload_configs/modules.conf.xml"
+        text = modules.read_text()
+        text = re.sub(r'^(\s*)<load module="(mod_[a-z0-9_]+)"/>',
+                      lambda m: m.group(0) if (FS_MOD / f"{m.group(2)}.so").exists() and m.group(2) not in
+                      ("mod_verto", "mod_signalwire", "mod_rtc", "mod_skinny", "mod_msrp")
+                      else f"{m.group(1)}<!-- {m.group(2)}: not for tests -->", text, flags=re.MULTILINE)
+        for module in MODULES:
+            if (FS_MOD / f"{module}.so").exists() and not re.search(rf'^\s*<load module="{module}"/>', text,
+                                                                  flags=re.MULTILINE):
+                text = text.replace("</modules>", f'  <load module="{module}"/>\n  </modules>', 1)
+        modules.write_text(text)
+
+    def event_socket(self) -> Any:
+        """A connection to this instance's event socket."""
+        from fs_cdr.esl import EventSocket
+
+        return EventSocket(port=self.esl_port, password=ESL_PASSWORD)
 
     # -- process -----------------------------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> None:
@@ -170,7 +305,8 @@ class LiveSwitch:
     def api(self, command: str, timeout_s: float = 30.0) -> str:
         """An API command through the event socket, as ``fs_cli -x`` runs it."""
         try:
-            result = subprocess.run([str(FS_CLI), "-H", "127.0.0.1", "-P", "8021", "-p", "ClueCon", "-x", command],
+            result = subprocess.run([str(FS_CLI), "-H", "127.0.0.1", "-P", str(self.esl_port), "-p", ESL_PASSWORD,
+                                     "-x", command],
                                     capture_output=True, text=True, timeout=timeout_s, errors="replace")
         except subprocess.TimeoutExpired:
             return ""
@@ -228,4 +364,5 @@ class LiveSwitch:
         variables = (f"fs_cdr_skip=true,sip_auth_username={caller},sip_auth_password={PASSWORD},"
                      f"origination_caller_id_number={caller},origination_caller_id_name={name or 'Phone' + caller},"
                      f"originate_timeout=15{',' + extra if extra else ''}")
-        return self.api(f"originate {{{variables}}}sofia/external/{destination}@127.0.0.1:5060 &sleep({talk_ms})")
+        return self.api(f"originate {{{variables}}}sofia/external/{destination}@127.0.0.1:{self.internal_port} "
+                        f"&sleep({talk_ms})")

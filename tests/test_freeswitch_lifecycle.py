@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from fs_cdr.esl import EventSocket
 from live_switch import LiveSwitch, missing_reason
 from processes import process_gone
 
@@ -98,7 +97,7 @@ def test_a_thousand_calls_as_fast_as_the_switch_allows(tmp_path) -> None:
     calls = 1000
     try:
         live.api("fsctl loglevel warning")
-        socket = EventSocket()
+        socket = live.event_socket()
         started = time.time()
         for _ in range(calls):
             socket.sock.sendall(b"bgapi originate {null_auto_answer_delay=0}null/load 4299 XML default\n\n")

@@ -16,7 +16,7 @@ import uuid as uuidlib
 import pytest
 
 from conftest import MARIADB, connect
-from live_switch import SYSTEM_PYTHON, LiveSwitch, missing_reason
+from live_switch import ESL_PASSWORD, SYSTEM_PYTHON, LiveSwitch, missing_reason
 from processes import children_of, process
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
@@ -244,7 +244,8 @@ def test_fs_cdr_status_through_the_real_event_socket(switch, tmp_path, capsys) -
     from fs_cdr.cli import main
 
     path = tmp_path / "cdr.json"
-    path.write_text(json.dumps({"cdr": {"log": True, "event_socket": {"host": "127.0.0.1", "port": 8021}}}))
+    path.write_text(json.dumps({"cdr": {"log": True, "event_socket": {"host": "127.0.0.1", "port": switch.esl_port,
+                                                                       "password": ESL_PASSWORD}}}))
     assert main(["-c", str(path), "status", "--json"]) == 0
     assert {sink["sink"] for sink in json.loads(capsys.readouterr().out)["sinks"]} == {"sqlite", "mysql1", "redis"}
 
@@ -257,6 +258,7 @@ def test_sidecar_on_the_real_event_socket_records_the_same_call(switch, tmp_path
     from fs_cdr.sidecar import run_sidecar
 
     config = parse_config({"cdr": {"database": {"dbtype": "sqlite", "connectionstring": str(tmp_path / "side.sqlite")},
+                                   "event_socket": {"port": switch.esl_port, "password": ESL_PASSWORD},
                                    "spool_dir": str(tmp_path / "spool")}})
     engine = Engine(config).start()
     stop = threading.Event()

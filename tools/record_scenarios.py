@@ -22,25 +22,29 @@ sys.path.insert(0, str(ROOT / "tests"))
 from live_switch import PASSWORD, LiveSwitch  # noqa: E402
 
 from fs_cdr.channel import dumps  # noqa: E402
-from fs_cdr.esl import EventSocket  # noqa: E402
 
 EVENTS = ("CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_UNBRIDGE CHANNEL_HANGUP "
           "CHANNEL_HANGUP_COMPLETE CHANNEL_DESTROY CHANNEL_PROGRESS CHANNEL_PROGRESS_MEDIA")
 PHONE = ("{{fs_cdr_skip=true,sip_auth_username=1100,sip_auth_password=%s,origination_caller_id_number=1100,"
-         "origination_caller_id_name=Phone1100,originate_timeout=20}}sofia/external/{0}@127.0.0.1:5060 &sleep({1})"
+         "origination_caller_id_name=Phone1100,originate_timeout=20}}sofia/external/{0}@127.0.0.1:{2} &sleep({1})"
          % PASSWORD)
 CAMPAIGN = ("{{call_source=queuedialer,source_name=campaign1,cti_line_group_name=carriers,queue_name=campaign1,"
             "origination_caller_id_number=4000,dial_number={0},originate_timeout={1}}}"
             "sofia/gateway/fs_cdr_carrier/{0} 7000 XML default")
+def PHONE_FOR(destination: str, talk_ms: int) -> str:  # noqa: N802 - reads as the template it fills
+    """The phone's originate; ``{port}`` becomes the test instance's internal SIP port."""
+    return PHONE.format(destination, talk_ms, "{port}")
+
+
 SCENARIOS = {
-    "extension_to_extension": "originate " + PHONE.format("1101", 2000),
-    "outbound_gateway": "originate " + PHONE.format("95551234", 2000),
-    "ivr_no_transfer": "originate " + PHONE.format("5000", 2000),
-    "queue_acd": "originate " + PHONE.format("6001", 1500),
+    "extension_to_extension": "originate " + PHONE_FOR("1101", 2000),
+    "outbound_gateway": "originate " + PHONE_FOR("95551234", 2000),
+    "ivr_no_transfer": "originate " + PHONE_FOR("5000", 2000),
+    "queue_acd": "originate " + PHONE_FOR("6001", 1500),
     "dialer_answered": "originate " + CAMPAIGN.format("5551777", 10),
     "dialer_unanswered": "originate " + CAMPAIGN.format("5552777", 3),
-    "transfer": "originate " + PHONE.format("81101", 1500),
-    "gateway_busy": "originate " + PHONE.format("95553234", 1000),
+    "transfer": "originate " + PHONE_FOR("81101", 1500),
+    "gateway_busy": "originate " + PHONE_FOR("95553234", 1000),
 }
 
 
@@ -56,10 +60,10 @@ def main() -> int:
         live.prepare()
         live.start()
         try:
-            socket = EventSocket()
+            socket = live.event_socket()
             socket.subscribe(*EVENTS.split())
             for name, command in SCENARIOS.items():
-                answer = live.api(command).strip()
+                answer = live.api(command.replace("{port}", str(live.internal_port))).strip()
                 events = []
                 deadline = time.time() + 40
                 # until every channel created has been destroyed, and a second passed in silence

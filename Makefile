@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-FS_PREFIX ?= /usr/local/freeswitch
+# FreeSWITCH's prefix when none is running to ask (/usr: the FHS layout of a packaged FreeSWITCH)
+FS_PREFIX ?=
 
-.PHONY: demo test schema check bench install-freeswitch clean
+.PHONY: demo test schema check bench install-freeswitch uninstall-freeswitch clean
 
 $(VENV)/.installed-%: pyproject.toml setup.py fs_cdr/_hangup.c
 	tools/system-deps.sh
@@ -29,9 +30,12 @@ schema: $(VENV)/.installed-fast
 check: $(VENV)/.installed-all
 	$(VENV)/bin/fs-cdr -c cdr.json check
 
-## Put fs_cdr where FreeSWITCH's mod_python3 (Debian's /usr/bin/python3) imports it from.
+## Put fs_cdr where FreeSWITCH's mod_python3 imports it from (asks the running FreeSWITCH where that is).
 install-freeswitch:
-	tools/install-freeswitch.sh $(FS_PREFIX)
+	$(PYTHON) tools/install_freeswitch.py $(if $(FS_PREFIX),--prefix $(FS_PREFIX)) $(INSTALL_ARGS)
+
+uninstall-freeswitch:
+	$(PYTHON) tools/install_freeswitch.py --uninstall $(if $(FS_PREFIX),--prefix $(FS_PREFIX)) $(INSTALL_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info

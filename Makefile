@@ -20,6 +20,8 @@ demo: $(VENV)/.installed-fast
 
 ## The test suite against real MariaDB, PostgreSQL, Redis and SQLite (started here if they are down).
 test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check fs_cdr bench tools
+	$(VENV)/bin/mypy
 	tools/services.sh
 	$(PY) -m pytest -q
 

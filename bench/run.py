@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from processes import processes  # noqa: E402
+
 import fs_cdr.engine as engine_module  # noqa: E402
 import fs_cdr.record as record_module  # noqa: E402
 from fs_cdr.channel import decode_event, dumps  # noqa: E402
@@ -50,7 +52,6 @@ from fs_cdr.schema import table_columns  # noqa: E402
 from fs_cdr.sinks.redis import payload  # noqa: E402
 from fs_cdr.sinks.sql import SqlSink, dialect_for  # noqa: E402
 from fs_cdr.sinks.worker import ProcessSink  # noqa: E402
-from processes import processes  # noqa: E402
 
 TEMPLATE_FILE = ROOT / "tests/events/b_bridge_null.jsonl"
 FIELDS = ["rtp_last_audio_codec_string", "number:billsec", "number:duration", "record_filename",
@@ -90,7 +91,9 @@ def config_for(kind: str, table: str, directory: Path, details: bool = True, **e
 
 def sql_sink(config) -> SqlSink:
     database = config.databases[0]
-    sink = SqlSink(dialect_for(database.dbtype), database, table_columns(config))
+    dialect = dialect_for(database.dbtype)
+    assert dialect is not None
+    sink = SqlSink(dialect, database, table_columns(config))
     sink.open()
     return sink
 
@@ -338,7 +341,9 @@ def offer_at_rate(engine: Engine, stream: list[bytes], rate: float) -> dict[str,
         if pause > 0:
             time.sleep(pause)
         handed = time.perf_counter()
-        offered[engine.handle_serialized(text)["uuid"]] = handed
+        record = engine.handle_serialized(text)
+        assert record is not None
+        offered[str(record["uuid"])] = handed
     return offered
 
 
@@ -367,7 +372,7 @@ def latency(config, stream: list[bytes], rate: float = 500.0) -> tuple[float, fl
     # own when it runs here
     writes = {kind: kind.write for kind in (SqlSink, ProcessSink)}
     for kind, original in writes.items():
-        kind.write = stamped(original, committed)
+        kind.write = stamped(original, committed)  # type: ignore[method-assign]  # timed in place
     try:
         engine = Engine(config).start()
         time.sleep(0.2)
@@ -376,7 +381,7 @@ def latency(config, stream: list[bytes], rate: float = 500.0) -> tuple[float, fl
         engine.stop()
     finally:
         for kind, original in writes.items():
-            kind.write = original
+            kind.write = original  # type: ignore[method-assign]
     sink = sql_sink(config)
     drop(sink)
     sink.close()
@@ -390,7 +395,9 @@ def offer_at_once(engine: Engine, stream: list[bytes], rate: float = 0.0) -> dic
     for text in stream:
         release_gil()
         handed = time.perf_counter()
-        offered[engine.handle_serialized(text)["uuid"]] = handed
+        record = engine.handle_serialized(text)
+        assert record is not None
+        offered[str(record["uuid"])] = handed
     return offered
 
 
@@ -406,7 +413,8 @@ def durability_window(directory: Path, stream: list[bytes], rate: float = 500.0,
     port = stalled.getsockname()[1]
     durable: dict[str, float] = {}
     originals = (Journal.append, Spool.append)
-    Journal.append, Spool.append = (stamped(original, durable, first=True) for original in originals)
+    Journal.append, Spool.append = (stamped(original, durable, first=True)  # type: ignore[method-assign]
+                                    for original in originals)
     try:
         config = parse_config({"cdr": {"details": True, "fields": FIELDS, "spool_dir": str(directory / "spool-dw"),
                                        "database": {"dbtype": "mysql", "connectionstring": f"127.0.0.1,{port}@test",
@@ -416,7 +424,7 @@ def durability_window(directory: Path, stream: list[bytes], rate: float = 500.0,
         time.sleep(1.0)
         abandon(engine)
     finally:
-        Journal.append, Spool.append = originals
+        Journal.append, Spool.append = originals  # type: ignore[method-assign]
         stalled.close()
     return spread(offered, durable)
 
@@ -486,7 +494,8 @@ def main() -> int:
     stream = recorded_stream(args.records)
     probe = config_for("sqlite", "probe", directory)
     builder = RecordBuilder(probe)
-    records = [builder.build(decode_event(text)) for text in stream]
+    records: list[dict[str, Any]] = [record for record in (builder.build(decode_event(text)) for text in stream)
+                                     if record is not None]
     size = sum(len(text) for text in stream) / len(stream)
     print(f"fs_cdr benchmark {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, Python {platform.python_version()}")
@@ -523,8 +532,9 @@ def main() -> int:
     if args.freeswitch_calls and "freeswitch" in sections:
         from switch_cost import freeswitch_rows
 
-        for name, value, ratio, target in freeswitch_rows(directory, args.freeswitch_calls, args.freeswitch_rounds):
-            row(name, value, ratio, target)
+        for label, measured, against, wanted in freeswitch_rows(directory, args.freeswitch_calls,
+                                                                args.freeswitch_rounds):
+            row(label, measured, against, wanted)
     shutil.rmtree(directory, ignore_errors=True)
     return 0
 
@@ -593,7 +603,8 @@ def sink_rows(kind: str, target: Any, directory: Path, records: list[dict], stre
 
     default_writers = 1 if kind in ("sqlite", "redis") else 2
     other = 3 - default_writers
-    variants = ((f"fs_cdr end to end (defaults: {default_writers} writer{'s' * (default_writers > 1)})", {}),
+    defaults_name = f"fs_cdr end to end (defaults: {default_writers} writer{'s' * (default_writers > 1)})"
+    variants: tuple[tuple[str, dict[str, Any]], ...] = ((defaults_name, {}),
                 ("fs_cdr, sink in the source's process", {"worker_process": False}),
                 (f"fs_cdr, workers: {other}", {"workers": other}),
                 ("fs_cdr, events decoded in Python (before)", {PYTHON_DECODER: True}))
@@ -663,7 +674,8 @@ def no_details_rows(directory: Path, table: str, stream: list[bytes], row: Calla
     measured no cheaper there). fs_cdr with and without COPY, same run."""
     config = config_for("postgresql", table + "nd", directory, details=False)
     builder = RecordBuilder(config)
-    records = [builder.build(decode_event(text)) for text in stream]
+    records: list[dict[str, Any]] = [record for record in (builder.build(decode_event(text)) for text in stream)
+                                     if record is not None]
     meter = CpuMeter(SERVERS["postgresql"])
     raw = raw_batched(config, records, meter)
     row("postgresql, details off: raw executemany", f"{raw:,.0f} rec/s", cpu=meter.per_record(len(records)))

@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import time
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union, cast
 
 log = logging.getLogger("fs_cdr.channel")
 
@@ -77,7 +77,7 @@ def decode_event(text: Union[str, bytes, bytearray, memoryview]) -> dict[str, An
     try:
         if not _STRICT and isinstance(text, str):
             text.encode("utf-8")  # without orjson: surrogateescape bytes take the slow path too
-        event = _loads(text)
+        event = _loads(cast(Union[str, bytes], text))  # bytearray too: both decoders take it
     except (ValueError, RecursionError) as error:  # orjson.JSONDecodeError is a ValueError
         event = _decode_leniently(text, error)
     else:

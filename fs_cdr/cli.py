@@ -114,7 +114,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
     if args.apply:
         columns = table_columns(config)
         for database in config.databases:
-            sink = SqlSink(dialect_for(database.dbtype, database), database, columns)
+            dialect = dialect_for(database.dbtype, database)
+            if dialect is None:
+                print(f"-- {database.name}: {database.dbtype} is not supported by this build", file=sys.stderr)
+                return 2
+            sink = SqlSink(dialect, database, columns)
             try:
                 statements = sink.apply_schema()
             finally:
@@ -255,7 +259,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
             while args.count is None or shown < args.count:
                 item = client.brpop([settings.list], timeout=1)
                 if item is not None:
-                    print(item[1].decode("utf-8", "replace"), flush=True)
+                    value = item[1]
+                    print(value.decode("utf-8", "replace") if isinstance(value, bytes) else value, flush=True)
                     shown += 1
         else:
             pubsub = client.pubsub()

@@ -24,10 +24,10 @@ from dataclasses import replace
 from typing import Any, Mapping, Optional
 
 from .channel import Headers, clean_text, header, shown
-from .schema import SHORT_LIMIT
 from .config import CdrConfig
 from .fields import to_number
 from .record import CallRecord, RecordBuilder
+from .schema import SHORT_LIMIT
 
 log = logging.getLogger("fs_cdr.realtime")
 

@@ -20,6 +20,7 @@ kind and column, with a count of the ones in between):
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import logging
 import operator
 import re
@@ -41,11 +42,13 @@ from .channel import (
     variable,
 )
 from .config import CdrConfig
-from .fields import Value, to_number
+from .fields import FieldSpec, Value, to_number
 from .schema import SHORT_LIMIT, STANDARD_COLUMNS, TEXT_LIMIT
 
+_hangup: Any
+_Fragment: Any
 try:  # the compiled fast path (setup.py); without it every event is decoded in Python
-    from . import _hangup
+    _hangup = importlib.import_module("fs_cdr._hangup")
 except ImportError:  # pragma: no cover - installed without a C compiler
     _hangup = None
 
@@ -202,10 +205,10 @@ class RecordBuilder:
         self._split_hints = self._ascii_hints()
         #: Per ``fields`` entry: (column, its standard column's kind or None, the spec, and for a plain
         #: ``column:variable`` entry the variable's key, its name and whether it is a secret).
-        self._field_plan = tuple(
-            (spec.column, _KINDS.get(spec.column), spec)
-            + ((VARIABLE_PREFIX + spec.plain, spec.plain, self.is_secret(spec.plain)) if spec.plain is not None
-               else (None, None, False))
+        self._field_plan: tuple[tuple[str, Optional[str], FieldSpec, Optional[str], Optional[str], bool], ...] = tuple(
+            (spec.column, _KINDS.get(spec.column), spec, VARIABLE_PREFIX + spec.plain, spec.plain,
+             self.is_secret(spec.plain)) if spec.plain is not None
+            else (spec.column, _KINDS.get(spec.column), spec, None, None, False)
             for spec in self.fields
         )
         #: What fs_cdr._hangup.columns needs to do _columns' work in C (None: _columns does it), and the
@@ -414,7 +417,7 @@ class RecordBuilder:
                     value = spec.value(lookup)
                 else:  # column:variable, what _lookup and FieldSpec.value do, without their calls
                     value = get(key)
-                    if value is None:
+                    if value is None and name is not None:
                         value = get(name)
                     if value is not None:
                         if secret:
@@ -530,16 +533,18 @@ class RecordBuilder:
         if plan is None:
             if len(self._plans) >= 256:  # layouts are FreeSWITCH's, but bounded all the same
                 self._plans.clear()
-            keys, names, secrets = [], [], []
+            keys: list[str] = []
+            found: list[str] = []
+            hidden: list[str] = []
             for key in layout:
                 meaning = self._meaning(key)
                 if meaning is not _NOT_VARIABLE:
                     keys.append(key)
-                    names.append(meaning[0])
+                    found.append(meaning[0])
                     if meaning[1]:
-                        secrets.append(meaning[0])
+                        hidden.append(meaning[0])
             fetch = operator.itemgetter(*keys) if len(keys) > 1 else None
-            plan = self._plans[layout] = (fetch, tuple(names), tuple(secrets))
+            plan = self._plans[layout] = (fetch, tuple(found), tuple(hidden))
         fetch, names, secrets = plan
         if fetch is None:
             return None
@@ -555,10 +560,10 @@ class RecordBuilder:
             lowered = joined.lower()
             if any(hint in lowered for hint in hints):
                 return None
-        found = dict(zip(names, values))
+        variables = dict(zip(names, values))
         for name in secrets:
-            found[name] = MASK
-        return found
+            variables[name] = MASK
+        return variables
 
     def _details_slow(self, headers: Headers) -> dict[str, Any]:
         known = self._detail_names

@@ -11,9 +11,8 @@ import logging
 import threading
 
 from .channel import HANGUP_EVENT
-from .esl import EventSocketConfig
 from .engine import Engine
-from .esl import EslError, EventSocket
+from .esl import EslError, EventSocket, EventSocketConfig
 from .retry import Backoff
 
 log = logging.getLogger("fs_cdr.sidecar")

@@ -31,9 +31,9 @@ import freeswitch
 from .channel import dumps
 from .config import CdrConfig, Paths, load_config, resolve_config_path
 from .engine import EVENTS, REALTIME_EVENTS, Engine, format_status
+from .errors import ConfigError
 from .realtime import STATES, close_lost_rows_soon
 from .realtime import header_names as realtime_header_names
-from .errors import ConfigError
 
 log = logging.getLogger("fs_cdr")
 

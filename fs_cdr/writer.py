@@ -468,7 +468,7 @@ class SinkWriter:
                 if batch.ticket is not None or self._pause(lane.backoff.compute(failures)):
                     return False
                 continue
-            except Exception as error:  # RetriableError, ConfigError, and driver bugs alike
+            except Exception as error:  # noqa: BLE001 - RetriableError, ConfigError, and driver bugs alike
                 self._close_sink()
                 if batch.ticket is not None:
                     # A replay batch stays in the spool; _replay_one backs off before the next try.

@@ -48,7 +48,7 @@ def test_install_into_the_running_freeswitch_then_a_call_then_uninstall(tmp_path
         args = ("--esl-port", str(live.esl_port), "--esl-password", ESL_PASSWORD)
         dry = run(*args, "--dry-run")
         assert dry.returncode == 0, dry.stderr
-        assert "asked the running FreeSWITCH" in dry.stdout and str(live.scripts) in dry.stdout
+        assert "from the running FreeSWITCH" in dry.stdout and str(live.scripts) in dry.stdout
         assert "mod_python3 embeds" in dry.stdout and "nothing was changed" in dry.stdout
         assert not (live.scripts / "fs_cdr").exists()
 

@@ -31,6 +31,7 @@ def main() -> int:
     import fs_cdr  # noqa: F401 - the package first, then the sanitizer build in place of its module
 
     spec = importlib.util.spec_from_file_location("fs_cdr._hangup", module_path)
+    assert spec is not None and spec.loader is not None, module_path
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     sys.modules["fs_cdr._hangup"] = module

@@ -83,7 +83,7 @@ def from_prefix(prefix: str) -> dict[str, str]:
 def discover(args: argparse.Namespace) -> tuple[dict[str, str], str]:
     running = ask_running(fs_cli(args.prefix, args.esl_port, args.esl_password), args.esl_port, args.esl_password)
     if running:
-        return running, f"asked the running FreeSWITCH (event socket 127.0.0.1:{args.esl_port})"
+        return running, f"the running FreeSWITCH (asked on its event socket, 127.0.0.1:{args.esl_port})"
     if args.prefix:
         return from_prefix(args.prefix), f"--prefix {args.prefix} (no FreeSWITCH answered on the event socket)"
     for prefix in ("/usr/local/freeswitch", "/usr"):
@@ -111,8 +111,8 @@ def embedded_python(mod_dir: str) -> tuple[str, str]:
     version, library = match.group(2), match.group(3)
     if library == "not":
         raise InstallError(f"{module} links {match.group(1)}, which is not installed")
-    for candidate in (Path(library).parent.parent.parent / "bin" / f"python{version}", Path(f"/usr/bin/python{version}"),
-                      Path(f"/usr/local/bin/python{version}")):
+    beside = Path(library).parent.parent.parent / "bin" / f"python{version}"  # /usr/lib/x86_64-linux-gnu -> /usr/bin
+    for candidate in (Path(f"/usr/bin/python{version}"), beside, Path(f"/usr/local/bin/python{version}")):
         if candidate.exists():
             check = subprocess.run([str(candidate), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
                                    capture_output=True, text=True, timeout=20)
@@ -143,7 +143,7 @@ def backup(path: Path) -> Path:
 def plan(paths: dict[str, str], how: str, python: str, library: str) -> list[str]:
     conf = Path(paths["conf_dir"])
     python_conf = conf / "autoload_configs/python.conf.xml"
-    lines = [f"FreeSWITCH found by {how}:"]
+    lines = [f"FreeSWITCH found from {how}:"]
     lines += [f"  {name:<12} {paths[name]}" for name in DIRECTORIES]
     lines.append(f"  mod_python3 embeds {library} -> {python}")
     lines.append("Will:")
@@ -255,7 +255,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         esl = "" if (args.esl_port, args.esl_password) == (8021, "ClueCon") else \
             f" -P {args.esl_port} -p '{args.esl_password}'"
         if args.uninstall:
-            print(f"FreeSWITCH found by {how}: scripts {paths['script_dir']}, conf {paths['conf_dir']}")
+            print(f"FreeSWITCH found from {how}: scripts {paths['script_dir']}, conf {paths['conf_dir']}")
             if not args.dry_run:
                 print("\n".join(uninstall(paths)))
             return 0

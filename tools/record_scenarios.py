@@ -64,7 +64,7 @@ def main() -> int:
             socket.subscribe(*EVENTS.split())
             for name, command in SCENARIOS.items():
                 answer = live.api(command.replace("{port}", str(live.internal_port))).strip()
-                events = []
+                events: list[dict] = []
                 deadline = time.time() + 40
                 # until every channel created has been destroyed, and a second passed in silence
                 while time.time() < deadline:

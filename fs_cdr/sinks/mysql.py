@@ -64,7 +64,7 @@ def _cursor_class() -> type:
             if limit and args:
                 room = limit - _PACKET_MARGIN - len(query)
                 # Multi-row statements stop short of the limit; only one row alone can exceed it.
-                self.max_stmt_length = max(1, min(type(self).max_stmt_length, room))
+                self.max_stmt_length = max(1, min(MySQLdb.cursors.Cursor.max_stmt_length, room))
                 literal = self.connection.literal
                 for row in args:
                     if _upper_bound(row) <= room:

@@ -166,8 +166,8 @@ class _Cursor:
         self._owner = owner
         self._cursor = cursor
 
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        rows = [tuple(row) for row in rows]
+    def executemany(self, sql: str, given: Sequence[Sequence[Any]]) -> None:
+        rows = [tuple(row) for row in given]
         names = self._owner.statements.get(sql)
         if names is None or not rows:
             if rows:

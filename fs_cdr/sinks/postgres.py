@@ -79,7 +79,7 @@ class PostgreSQL(Dialect):
         timeout_ms = int(timeout_s * 1000)
         # The URL's query (libpq keywords, checked by database._sql_options): TLS and the rest, as they are;
         # the server options given there come before fs_cdr's statement_timeout, which must hold.
-        options = dict(config.options)
+        options: dict[str, Any] = dict(config.options)
         server_options = " ".join(filter(None, (options.pop("options", ""), f"-c statement_timeout={timeout_ms}")))
         application_name = options.pop("application_name", "fs_cdr")
         return psycopg.connect(

@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 from urllib.parse import unquote
 
-try:
-    import hiredis as _hiredis
-except ImportError:  # then redis-py parses every reply
-    _hiredis = None
-
 from ..config import BatchSettings, Section, SectionContext, mask_secrets, option_file, read_batch, split_url
 from ..errors import ConfigError, RetriableError
 from ..record import CallRecord, record_json
 from .worker import write_parts
+
+_hiredis: Any
+try:
+    import hiredis as _hiredis
+except ImportError:  # then redis-py parses every reply
+    _hiredis = None
 
 if TYPE_CHECKING:
     from ..config import CdrConfig
@@ -208,7 +209,7 @@ class RedisSink:
 
         settings = self.config
         timeout = settings.batch.timeout_s
-        common = dict(
+        common: dict[str, Any] = dict(
             username=settings.username or None,
             password=settings.password or None,
             socket_timeout=timeout,
@@ -222,6 +223,7 @@ class RedisSink:
             tls = dict(ssl=True, ssl_cert_reqs=settings.ssl_cert_reqs, ssl_ca_certs=settings.ssl_ca_certs or None,
                        ssl_certfile=settings.ssl_certfile or None, ssl_keyfile=settings.ssl_keyfile or None)
             common.update(tls)
+        client: Any
         try:
             if settings.cluster:
                 from redis.cluster import RedisCluster

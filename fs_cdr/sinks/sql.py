@@ -256,6 +256,7 @@ class SqlSink:
     def _insert_in_bulk(self, connection: Any, rows: list[tuple[Any, ...]]) -> bool:
         """The batch as new rows in one bulk statement; False when a row was already there."""
         try:
+            assert self.bulk_statement is not None
             self.dialect.insert_in_bulk(connection, self.bulk_statement, rows)
             connection.commit()
             return True

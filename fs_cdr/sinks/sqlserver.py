@@ -25,8 +25,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..errors import ConfigError, SinkError
-from .database import DatabaseConfig
 from . import odbc
+from .database import DatabaseConfig
 from .sql import Dialect
 
 DEFAULT_DRIVER = "ODBC Driver 18 for SQL Server"

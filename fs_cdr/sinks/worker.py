@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, BinaryIO, Callable, Optional, Sequence
+from typing import Any, BinaryIO, Callable, Optional, Sequence, cast
 
 from ..errors import ConfigError, RejectedError, RetriableError, TransientError
 
@@ -353,7 +353,7 @@ def serve() -> None:
                 if sink is not None:
                     sink.close()
                 sink = None
-                argument.open()
+                cast(Any, argument).open()
                 sink = argument
             elif operation in ("write", "write_encoded"):
                 if sink is None:

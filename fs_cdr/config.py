@@ -49,6 +49,7 @@ SINKS: dict[str, str] = {
     "database": "fs_cdr.sinks.database",
     "redis": "fs_cdr.sinks.redis",
     "rabbitmq": "fs_cdr.sinks.rabbitmq",
+    "http": "fs_cdr.sinks.http",
     "file": "fs_cdr.sinks.file",
 }
 

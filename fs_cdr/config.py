@@ -50,6 +50,7 @@ SINKS: dict[str, str] = {
     "redis": "fs_cdr.sinks.redis",
     "rabbitmq": "fs_cdr.sinks.rabbitmq",
     "http": "fs_cdr.sinks.http",
+    "nats": "fs_cdr.sinks.nats",
     "file": "fs_cdr.sinks.file",
 }
 

@@ -256,3 +256,21 @@ def test_a_full_disk_spools_the_records_leaves_no_torn_line_and_each_arrives_onc
         counts = Counter(json.loads(line)["uuid"] for line in lines_of(disk, "cdr.jsonl"))
         assert set(counts) == {event["Unique-ID"] for event in events} and set(counts.values()) == {1}
         engine.stop(2.0)
+
+
+def test_a_variable_is_read_from_details_exactly_as_decoding_all_of_them_would() -> None:
+    """The CSV line reads only the template's variables out of ``details``; values that look like
+    keys, escapes, quotes, non-ASCII and lists read as a full decode reads them."""
+    from fs_cdr.channel import dumps
+    from fs_cdr.sinks.file import _UNREAD, detail_variable
+
+    tricky = {"a": 'x","start_stamp":"forged', "start_stamp": "2026-11-27 02:24:06", "b": "\\", "q": 'say "hi"\\',
+              "tail\\": "\\\\\"", "zoë": "张\n\t", "list": ["1", "2"], "last": ""}
+    details = dumps(tricky)
+    for name, value in tricky.items():
+        if "\\" in name or "ë" in name:
+            continue
+        found = detail_variable(details, (f'{{"{name}":', f',"{name}":'))
+        assert found == (_UNREAD if isinstance(value, list) else value), name
+    assert detail_variable(details, ('{"missing":', ',"missing":')) is None
+    assert detail_variable(dumps({"first": "1"}), ('{"first":', ',"first":')) == "1"

@@ -171,22 +171,28 @@ def line_encoder(settings: FileConfig, config: CdrConfig) -> Callable[[CallRecor
                           f"(or add it to \"fields\")")
     doubled = settings.escape == "csv"
     fill = text.format
-    plan = [(name, name in columns) for name in names]
+    # a column: its name; a variable: the two ways its key can start inside details' compact JSON
+    plan = [(name, None if name in columns else (f'{{"{name}":', f',"{name}":')) for name in names]
 
     def csv_line(record: CallRecord) -> tuple[str, bytes]:
         uuid = str(record["uuid"])
         if record.get("leg") not in keep:
             return uuid, b""
-        found: Any = None
+        details = record.get("details")
+        if not isinstance(details, str):
+            details = ""
+        decoded: dict[str, Any] | None = None
         values = []
-        for name, is_column in plan:
-            if is_column:
+        for name, keys in plan:
+            if keys is None:
                 value = record.get(name)
+            elif decoded is not None:
+                value = decoded.get(name)
             else:
-                if found is None:
-                    details = record.get("details")
-                    found = loads(details) if isinstance(details, str) and details else {}
-                value = found.get(name)
+                value = detail_variable(details, keys)
+                if value is _UNREAD:
+                    decoded = loads(details) or {}
+                    value = decoded.get(name)
             text = "" if value is None else value if value.__class__ is str else str(value)
             if doubled and '"' in text:
                 text = text.replace('"', '""')
@@ -194,6 +200,35 @@ def line_encoder(settings: FileConfig, config: CdrConfig) -> Callable[[CallRecor
         return uuid, fill(*values).encode("utf-8", "surrogatepass")
 
     return csv_line
+
+
+_UNREAD: Any = object()
+
+
+def detail_variable(details: str, keys: tuple[str, str]) -> Any:
+    """One variable's value from ``details`` (fs_cdr's compact JSON object of strings) without
+    decoding the other 200: its key is found as ``{"name":`` or ``,"name":`` — inside a JSON string
+    every quote is escaped, so neither can occur there — and a plain string value is cut out as it
+    is (one with escapes is decoded alone). ``_UNREAD`` when the value is not a string (a list of
+    values): the caller decodes the whole object then."""
+    start = details.find(keys[1])
+    if start < 0:
+        if not details.startswith(keys[0]):
+            return None
+        start = 0
+    start += len(keys[1])
+    if details[start:start + 1] != '"':
+        return _UNREAD
+    end = details.find('"', start + 1)
+    while end > 0 and details[end - 1] == "\\":
+        slashes = len(details[start + 1:end]) - len(details[start + 1:end].rstrip("\\"))
+        if slashes % 2 == 0:
+            break
+        end = details.find('"', end + 1)
+    if end < 0:
+        return _UNREAD
+    literal = details[start:end + 1]
+    return loads(literal) if "\\" in literal else literal[1:-1]
 
 
 class FileSink:

@@ -3,8 +3,8 @@ written only on the stream's PubAck.
 
 ``"nats": {"servers": ["nats://10.0.0.5:4222"], "subject": "cdr.${switchname}.${direction}", "stream": "CDR"}``
 
-- A batch is published at once (``publish_async``: every message goes out before the first ack is
-  awaited) and its PubAcks are awaited together, within ``timeout_s``: one round trip a batch, not
+- A batch is published at once (every message goes out, each with a reply subject of its own,
+  before the first ack is awaited) and its PubAcks are awaited together, within ``timeout_s``: one round trip a batch, not
   one a message. Any missing or failed ack fails the batch, which the lane retries and spools; the
   messages that did reach the stream are then duplicates inside JetStream's duplicate window
   (``Nats-Msg-Id``), which the server drops and acks as such: within that window (2 minutes by
@@ -176,6 +176,18 @@ class NatsEncoder:
         return str(record["uuid"]), self.subject(record), record_json(record)
 
 
+class _Batch:
+    """The batch in flight: how many acks it needs, which came, the first error."""
+
+    __slots__ = ("acked", "done", "error", "expected")
+
+    def __init__(self, expected: int, done: asyncio.Future[None]) -> None:
+        self.expected = expected
+        self.done = done
+        self.acked: set[str] = set()
+        self.error = ""
+
+
 class NatsSink:
     """One connection, on an event loop running in a thread of the sink's own."""
 
@@ -186,6 +198,9 @@ class NatsSink:
         self._thread: threading.Thread | None = None
         self._client: Any = None
         self._jetstream: Any = None
+        self._inbox = ""
+        self._batch: _Batch | None = None
+        self._batch_number = 0
 
     # -- the loop ---------------------------------------------------------------------------------
     def _run(self, coroutine: Any, timeout_s: float) -> Any:
@@ -238,6 +253,8 @@ class NatsSink:
         jetstream = client.jetstream(timeout=settings.batch.timeout_s)
         if settings.create_stream:
             await self._ensure_stream(jetstream)
+        self._inbox = client.new_inbox()
+        await client.subscribe(self._inbox + ".>", cb=self._on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1)
         self._client, self._jetstream = client, jetstream
 
     def _tls_context(self) -> Any:
@@ -290,32 +307,51 @@ class NatsSink:
             meanwhile()
 
     async def _publish(self, messages: Sequence[tuple[Any, ...]], timeout_s: float) -> None:
+        """Every message of the batch out, each with its own reply subject under this sink's inbox,
+        then every PubAck awaited at once. What ``publish_async`` does, without a future, a
+        semaphore, random bytes and a PubAck object per message: the acks are counted here."""
         from nats.errors import MaxPayloadError
 
-        jetstream, stream = self._jetstream, self.config.stream or None
-        futures = []
+        client, stream = self._client, self.config.stream
+        loop = asyncio.get_running_loop()
+        batch = _Batch(len(messages), loop.create_future())
+        self._batch = batch
+        self._batch_number += 1
+        prefix = f"{self._inbox}.{self._batch_number}."
         try:
-            for uuid, subject, document in messages:
-                futures.append(await jetstream.publish_async(subject, bytes(document), stream=stream,
-                                                             headers={"Nats-Msg-Id": uuid}))
+            for index, (uuid, subject, document) in enumerate(messages):
+                headers = {"Nats-Msg-Id": uuid, "Nats-Expected-Stream": stream} if stream else {"Nats-Msg-Id": uuid}
+                await client.publish(subject, bytes(document), reply=prefix + str(index), headers=headers)
         except MaxPayloadError as error:
-            for future in futures:
-                future.cancel()
             # only a record's own size can exceed the server's max_payload: that record is refused
             raise RejectedError(f"a record is larger than the NATS server's max_payload: {error}") from error
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-        done, pending = await asyncio.wait(futures, timeout=timeout_s)
-        for future in pending:
-            future.cancel()
-        if pending:
-            raise RetriableError(f"{len(pending)} of {len(futures)} messages not acknowledged within {timeout_s:.0f} s")
-        for future in done:
-            failure = future.exception()
-            if failure is not None:  # an API error (no such stream, wrong stream, stream full): the server's
-                raise RetriableError(f"{type(failure).__name__}: {failure}")
+        try:
+            await asyncio.wait_for(asyncio.shield(batch.done), timeout_s)
+        except asyncio.TimeoutError:
+            raise RetriableError(f"{batch.expected - len(batch.acked)} of {batch.expected} messages not "
+                                 f"acknowledged within {timeout_s:.0f} s") from None
+        finally:
+            self._batch = None
+        if batch.error:
+            raise RetriableError(batch.error)
+
+    async def _on_ack(self, message: Any) -> None:
+        """A PubAck (or an error) for one message of the batch in flight; late ones of a batch
+        given up on are ignored (that batch is sent again: the stream drops the duplicates)."""
+        batch = self._batch
+        head, _, index = message.subject.rpartition(".")
+        if batch is None or batch.done.done() or head != f"{self._inbox}.{self._batch_number}":
+            return
+        data = message.data
+        if message.headers and message.headers.get("Status") == "503":
+            batch.error = "no JetStream stream takes the subject (no responders)"
+        elif b'"error"' in data:
+            # an API error (no such stream, another stream, stream full): the server's, not the record's
+            batch.error = f"JetStream refused a message: {data[:300].decode('utf-8', 'replace')}"
+        else:
+            batch.acked.add(index)
+        if batch.error or len(batch.acked) == batch.expected:
+            batch.done.set_result(None)
 
     def close(self) -> None:
         loop, self._loop = self._loop, None

@@ -38,7 +38,12 @@ BATCH = 500
 
 
 def message_sink_rows(sections: set[str], directory: Path, records: list[dict], stream: list[bytes],
-                      row: Callable[..., None]) -> None:
+                      row: Callable[..., None], source_rate: float) -> None:
+    """``source_rate``: the source stage's events/s on one thread (JSON event -> record), measured
+    in the same run: with the raw client's rate it bounds what any writer starting from events can
+    reach on one thread (both on one interpreter lock, one after the other)."""
+    global SOURCE_RATE
+    SOURCE_RATE = source_rate
     if "http" in sections:
         http_rows(directory, records, stream, row)
     if "nats" in sections:
@@ -48,6 +53,43 @@ def message_sink_rows(sections: set[str], directory: Path, records: list[dict], 
             row(f"nats: skipped, no {NATS_SERVER}", "")
     if "file" in sections:
         file_rows(directory, records, stream, row)
+
+
+SOURCE_RATE = 0.0
+
+
+def lane_alone(config: Any, records: list[dict], meter: Any) -> float:
+    """Records/s of the sink's lane fed built records (no source stage): queue, encode, batch,
+    write and confirm, as the engine's lane does them; what the sink itself costs beside the raw."""
+    from fs_cdr.sinks import lanes_for
+
+    (lane,) = lanes_for(config)
+    lane.start()
+    time.sleep(0.2)
+    meter.start()
+    started = time.perf_counter()
+    now = time.monotonic()
+    for index, record in enumerate(records):
+        if index % 100 == 0:
+            while lane.queued() > 2000:
+                time.sleep(0.0005)
+        lane.offer(record, now)
+    while not lane.settled():
+        time.sleep(0.0005)
+    elapsed = time.perf_counter() - started
+    meter.stop()
+    assert lane.stats.written == len(records), lane.status()
+    lane.stop(2.0)
+    return len(records) / elapsed
+
+
+def bounds(kind: str, raw: float, lane: float, lane_meter: Any, count: int, row: Callable[..., None]) -> None:
+    row(f"{kind}: the sink's lane alone, fed built records", f"{lane:,.0f} rec/s", f"{lane / raw:.2f}",
+        cpu=lane_meter.per_record(count))
+    if SOURCE_RATE:
+        ceiling = 1 / (1 / raw + 1 / SOURCE_RATE)
+        row(f"{kind}: source stage + raw client on one thread (ceiling)", f"{ceiling:,.0f} rec/s",
+            f"{ceiling / raw:.2f}")
 
 
 def config_for(directory: Path, label: str, key: str, section: dict[str, Any]) -> Any:
@@ -110,9 +152,15 @@ def http_rows(directory: Path, records: list[dict], stream: list[bytes], row: Ca
 
         raws, found = rounds(raw, ours)
         best_raw = report("http", "raw urllib3 POSTs, NDJSON batches of 500", 0.8, raws, found, len(records), row)
-        for number, (label, extra) in enumerate((("fs_cdr, sink in the source's process", {"worker_process": False}),
-                                                 ("fs_cdr, JSON array bodies", {"format": "array"}),
-                                                 ("fs_cdr, gzip", {"gzip": True}))):
+        meter = CpuMeter()
+        before = accepted(port)
+        lane = lane_alone(config_for(directory, "httplane", "http", {"url": url}), records, meter)
+        assert accepted(port) - before == len(records)
+        bounds("http", best_raw, lane, meter, len(records), row)
+        variants = (("fs_cdr, sink in a worker process", {"worker_process": True}),
+                    ("fs_cdr, JSON array bodies", {"format": "array"}),
+                    ("fs_cdr, gzip", {"gzip": True}))
+        for number, (label, extra) in enumerate(variants):
             meter = CpuMeter()
             rate = ours(10 + number, meter, **extra)
             row(f"http: {label}", f"{rate:,.0f} rec/s", f"{rate / best_raw:.2f}", cpu=meter.per_record(len(stream)))
@@ -177,6 +225,12 @@ def nats_rows(directory: Path, records: list[dict], stream: list[bytes], row: Ca
         raws, found = rounds(raw, ours)
         best_raw = report("nats", "raw nats-py publish_async, acks awaited per batch of 500", 0.8, raws, found,
                           len(records), row)
+        meter = CpuMeter()
+        fresh_stream(url)
+        lane = lane_alone(config_for(directory, "natslane", "nats", {
+            "servers": [url], "subject": "cdr.${switchname}.${direction}", "stream": "CDR"}), records, meter)
+        assert stream_messages(url) == len(records)
+        bounds("nats", best_raw, lane, meter, len(records), row)
         meter = CpuMeter()
         rate = ours(10, meter, worker_process=False)
         row("nats: fs_cdr, sink in the source's process", f"{rate:,.0f} rec/s", f"{rate / best_raw:.2f}",
@@ -263,6 +317,12 @@ def file_rows(directory: Path, records: list[dict], stream: list[bytes], row: Ca
         raws, found = rounds(raw, ours)
         what = "plain writes of example-template lines" if kind == "csv" else "plain writes of JSON lines"
         best_raw = report(f"file {kind}", f"{what}, fsync per 500", 0.9, raws, found, len(records), row)
+        meter = CpuMeter()
+        path = folder / f"lane.{kind}"
+        section = dict({"path": str(path)}, **({"template": "example"} if kind == "csv" else {}))
+        lane = lane_alone(config_for(directory, f"filelane{kind}", "file", section), records, meter)
+        path.unlink()
+        bounds(f"file {kind}", best_raw, lane, meter, len(records), row)
         meter = CpuMeter()
         rate = ours(10, meter, worker_process=True)
         row(f"file {kind}: fs_cdr, sink in a worker process", f"{rate:,.0f} rec/s", f"{rate / best_raw:.2f}",

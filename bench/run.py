@@ -518,7 +518,7 @@ def main() -> int:
     with memory_kept():
         from message_sinks import message_sink_rows
 
-        message_sink_rows(sections, directory, records, stream, row)
+        message_sink_rows(sections, directory, records, stream, row, rate)
     row("source stage alone (JSON -> record), one core", f"{rate:,.0f} ev/s", "", ">= 20,000",
         source.per_record(len(stream)))
     row("source stage, events decoded in Python (before)", f"{python_rate:,.0f} ev/s")

@@ -206,10 +206,12 @@ def test_a_burst_of_5xx_is_retried_until_every_record_is_in(tmp_path, receivers,
     assert engine.status()["sinks"][0]["rejected"] == 0
 
 
-def test_429_retry_after_is_honoured_before_the_next_try(tmp_path, receivers, engines) -> None:
+@pytest.mark.parametrize("worker_process", [False, True], ids=["sink in-process", "sink in a worker"])
+def test_429_retry_after_is_honoured_before_the_next_try(worker_process, tmp_path, receivers, engines) -> None:
+    """Through a worker the wait crosses the pipe with the error."""
     receiver = receivers()
     receiver.plan({"status": 429, "retry_after": "2"})
-    engine = engines(http_config(tmp_path, {"url": receiver.url}))
+    engine = engines(http_config(tmp_path, {"url": receiver.url, "worker_process": worker_process}))
     sent = send(engine, legs(3))
     assert engine.flush(20), engine.status()
     assert set(receiver.accepted()) == sent
@@ -220,8 +222,10 @@ def test_429_retry_after_is_honoured_before_the_next_try(tmp_path, receivers, en
 
 def test_a_receiver_that_never_answers_times_out_into_the_spool_then_all_arrive(tmp_path, receivers,
                                                                                engines) -> None:
+    """Three requests in a row hang: each times out after 1 s, the sink counts as failing for longer
+    than the durability window, and the records go to the spool; the fourth request takes them."""
     receiver = receivers()
-    receiver.plan({"hang": True})
+    receiver.plan({"hang": True}, {"hang": True}, {"hang": True})
     engine = engines(http_config(tmp_path, {"url": receiver.url, "timeout_s": 1}, durable_window_ms=200))
     sent = send(engine, legs(40), 0.01)
     assert wait_for(lambda: engine.status()["sinks"][0]["spooled"] > 0 or engine.status()["sinks"][0]["replayed"] > 0,
@@ -244,9 +248,12 @@ def test_a_reset_mid_body_is_retried_and_nothing_is_lost(tmp_path, receivers, en
     assert "reset" in engine.status()["sinks"][0]["last_error"].lower() or engine.status()["sinks"][0]["retries"]
 
 
-def test_a_receiver_restarted_mid_stream_gets_every_record_at_least_once(tmp_path, receivers, engines) -> None:
+@pytest.mark.parametrize("worker_process", [False, True], ids=["sink in-process", "sink in a worker"])
+def test_a_receiver_restarted_mid_stream_gets_every_record_at_least_once(worker_process, tmp_path, receivers,
+                                                                        engines) -> None:
     receiver = receivers()
-    engine = engines(http_config(tmp_path, {"url": receiver.url, "batch_size": 20, "timeout_s": 1}))
+    engine = engines(http_config(tmp_path, {"url": receiver.url, "batch_size": 20, "timeout_s": 1,
+                                            "worker_process": worker_process}))
     events = legs(300)
     sent = send(engine, events[:100], 0.005)
     receiver.stop()

@@ -22,6 +22,9 @@
   operator fixes, never the record's, so the records are held (spooled) like an outage and the
   answer is logged at ERROR.
 
+The sink runs in the source's process unless ``"worker_process": true``: urllib3 is pure Python
+(no driver that could crash the process), every wait has a timeout, and a batch is one request.
+
 urllib3 (2.x): a small, well-kept client with a per-host keep-alive pool, explicit timeouts and no
 retries of its own (the lane owns retries), with certificate options exposed directly.
 """
@@ -94,7 +97,10 @@ class HttpConfig:
     tls_key_file: str = ""
     tls_verify: bool = True
     name: str = "http"
-    batch: BatchSettings = field(default_factory=BatchSettings)
+    #: in the source's process by default: a batch is one request whose body is joined in one copy,
+    #: so the sink's Python per record is next to nothing, and a worker would only add a copy of
+    #: every document (bench/message_sinks.py measured 0.83 of the raw client here, 0.74 in a worker)
+    batch: BatchSettings = field(default_factory=lambda: BatchSettings(worker_process=False))
     key: ClassVar[str] = "http"
 
     def describe(self) -> str:
@@ -161,7 +167,7 @@ def parse_section(value: object, path: str, context: SectionContext) -> tuple[Ht
         hmac_secret=section.text("hmac_secret"),
         tls_verify=section.boolean("tls_verify", True),
         name=section.text("name", "http"),
-        batch=read_batch(section, BatchSettings()),
+        batch=read_batch(section, BatchSettings(worker_process=False)),
         **tls,
     )
     section.done()

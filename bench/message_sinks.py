@@ -157,7 +157,8 @@ def http_rows(directory: Path, records: list[dict], stream: list[bytes], row: Ca
         lane = lane_alone(config_for(directory, "httplane", "http", {"url": url}), records, meter)
         assert accepted(port) - before == len(records)
         bounds("http", best_raw, lane, meter, len(records), row)
-        variants = (("fs_cdr, sink in a worker process", {"worker_process": True}),
+        variants: tuple[tuple[str, dict[str, Any]], ...] = (
+                    ("fs_cdr, sink in a worker process", {"worker_process": True}),
                     ("fs_cdr, JSON array bodies", {"format": "array"}),
                     ("fs_cdr, gzip", {"gzip": True}))
         for number, (label, extra) in enumerate(variants):
@@ -204,7 +205,7 @@ def nats_rows(directory: Path, records: list[dict], stream: list[bytes], row: Ca
                                str(directory / "nats")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"nats://127.0.0.1:{port}"
     try:
-        from servers import wait_port
+        from servers import wait_port  # type: ignore[import-not-found]  # tests/ is on sys.path (run.py)
 
         wait_port(port, up=True, timeout_s=20)
 

@@ -351,3 +351,19 @@ def test_gzip_body_is_what_the_signature_covers(tmp_path, receivers, engines) ->
     send(engine, legs(3))
     assert engine.flush(10)
     assert [entry["signature_ok"] for entry in receiver.requests()] == [True]
+
+
+def test_fs_cdr_check_connects_to_the_receiver_and_says_why_not(tmp_path, receivers, certificates) -> None:
+    plain = receivers()
+    tls = receivers("--cert", certificates["server.pem"], "--key", certificates["server.key"])
+    dead = f"http://127.0.0.1:{free_port()}/cdr"
+    answers = []
+    for name, section in (("up", {"url": plain.url}), ("down", {"url": dead}),
+                          ("failover", {"url": [dead, plain.url]}), ("unknown-ca", {"url": tls.url})):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"cdr": {"spool_dir": str(tmp_path / name),
+                                                                   "http": section}}))
+        result = subprocess.run([sys.executable, "-m", "fs_cdr.cli", "-c", str(tmp_path / f"{name}.json"), "check"],
+                                check=False, capture_output=True, text=True, timeout=60)
+        answers.append((result.returncode, result.stdout.split()[0]))
+    assert answers == [(0, "OK"), (1, "FAIL"), (0, "OK"), (1, "FAIL")]
+    assert plain.requests() == []  # a check connects; it posts nothing

@@ -271,6 +271,22 @@ class HttpSink:
             self._pools.append(pool)
             self._paths.append(urlunsplit(("", "", parts.path or "/", parts.query, "")))
             self._shown.append(host)
+        self._reach()
+
+    def _reach(self) -> None:
+        """Connect (and for HTTPS, verify the certificate) to the first URL that takes a connection,
+        so that ``fs-cdr check`` says what is wrong before a record needs it; none: retriable."""
+        failures = []
+        for index, pool in enumerate(self._pools):
+            try:
+                connection = pool._new_conn()  # urllib3's own connection class, with the pool's TLS options
+                connection.connect()
+                connection.close()
+                return
+            except Exception as error:  # noqa: BLE001 - refused, unreachable, TLS: the receiver's side
+                failures.append(f"{self._shown[index]}: {type(error).__name__}: {error}")
+        self.close()
+        raise RetriableError("; ".join(failures))
 
     def write(self, records: Sequence[CallRecord]) -> None:
         self.write_encoded([self.encode(record) for record in records])

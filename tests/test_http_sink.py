@@ -140,6 +140,7 @@ def test_batches_arrive_as_ndjson_once_each_with_auth_signature_and_idempotency_
         assert headers["Idempotency-Key"].startswith("batch-") and int(headers["X-CDR-Count"]) == len(entry["uuids"])
     status = engine.status()["sinks"][0]
     assert status["written"] == TOTAL_ROWS and status["healthy"]
+    assert "tok-123" not in json.dumps(engine.status()) and "s3cret-hmac" not in json.dumps(engine.status())
 
 
 def test_one_record_per_request_gzipped_with_basic_auth_and_the_uuid_as_idempotency_key(tmp_path, receivers,

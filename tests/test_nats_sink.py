@@ -175,3 +175,18 @@ def test_a_token_server_takes_the_right_token_and_no_status_shows_it(tmp_path, e
         assert [uuid for _, uuid in read(server.url, "CDR", token="tok-s3cret")] == [event["Unique-ID"]]
     finally:
         server.kill()
+
+
+def test_a_user_and_password_in_the_server_url_log_in_and_stay_out_of_status(tmp_path, engines) -> None:
+    server = NatsServer(tmp_path / "js-user", "--user", "fs", "--pass", "pw-s3cret").start()
+    try:
+        engine = engines(make_config({"cdr": {"nats": {
+            "servers": [f"nats://fs:pw-s3cret@127.0.0.1:{server.port}"], "stream": "CDR", "create_stream": True}}},
+            tmp_path))
+        event = legs(1)[0]
+        engine.handle(event)
+        assert engine.flush(20), engine.status()
+        assert "pw-s3cret" not in json.dumps(engine.status())
+        assert [uuid for _, uuid in read(server.url, "CDR", user="fs", password="pw-s3cret")] == [event["Unique-ID"]]
+    finally:
+        server.kill()

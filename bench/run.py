@@ -11,6 +11,7 @@
    rate no writer starting from JSON events can pass on this machine's cores;
 4. hangup-to-row latency at a fixed 500 records/s;
 5. memory per queued record with 100,000 records queued and the database unreachable;
+   (sections http, nats, file: bench/message_sinks.py, each beside its raw client in the same run)
 6. where FreeSWITCH is installed: loopback calls with no CDR module, with mod_cdr_sqlite, and with
    fs_cdr to SQLite and MariaDB (calls/s, FreeSWITCH CPU seconds per 1,000 calls, rows).
 Not part of the test suite: a shared machine's timings are for ratios, not for pass/fail.
@@ -243,7 +244,7 @@ def fs_cdr_end_to_end(config, stream: list[bytes], meter: CpuMeter, backlog: int
         sink = sql_sink(config)
         drop(sink)
         sink.close()
-    else:
+    elif config.redis is not None:
         import redis
 
         redis.Redis().delete(config.redis.list)
@@ -486,8 +487,9 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--freeswitch-calls", type=int, default=2000)
     parser.add_argument("--freeswitch-rounds", type=int, default=5)
-    parser.add_argument("--sections", default="sinks,latency,memory,freeswitch",
-                        help="which parts to run (comma-separated): sinks, latency, memory, freeswitch")
+    parser.add_argument("--sections", default="sinks,http,nats,file,latency,memory,freeswitch",
+                        help="which parts to run (comma-separated): sinks, http, nats, file, latency, memory, "
+                             "freeswitch")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     directory = Path(tempfile.mkdtemp(prefix="fs_cdr_bench-"))
@@ -522,6 +524,10 @@ def main() -> int:
     with memory_kept():
         for kind, target in kinds:
             sink_rows(kind, target, directory, records, stream, source, rate, row)
+    with memory_kept():
+        from message_sinks import message_sink_rows
+
+        message_sink_rows(sections, directory, records, stream, row, rate)
     row("source stage alone (JSON -> record), one core", f"{rate:,.0f} ev/s", "", ">= 20,000",
         source.per_record(len(stream)))
     row("source stage, events decoded in Python (before)", f"{python_rate:,.0f} ev/s")

@@ -4,6 +4,7 @@
     fs-cdr schema [-c cdr.json] [--dbtype T]    print CREATE TABLE for the configured table and fields
     fs-cdr check [-c cdr.json]                  validate cdr.json and connect to every sink
     fs-cdr replay [-c cdr.json]                 write the spooled records now (FreeSWITCH stopped)
+    fs-cdr rotate [-c cdr.json]                 rename each file sink's current file aside (as on HUP)
     fs-cdr import [-c cdr.json] PATH...         backfill from mod_json_cdr / mod_xml_cdr files or folders
     fs-cdr tail [-c cdr.json] [--list]          print records as they arrive on the Redis channel (or list)
     fs-cdr status [-c cdr.json] [--json|--prometheus FILE]   a running FreeSWITCH's fs_cdr, over the event socket
@@ -207,6 +208,17 @@ class Progress:
             print(file=sys.stderr)
 
 
+def cmd_rotate(args: argparse.Namespace) -> int:
+    """The file sinks' current files renamed to ``<path>.YYYY-MM-DD-HH-MM-SS``; a running writer
+    (inside FreeSWITCH or not) sees its file moved and opens a new one before its next batch."""
+    from .sinks.file import rotate_files
+
+    config = load(args.config)
+    for old, new in rotate_files(config):
+        print(f"{old} -> {new}")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     """Backfill: each file through the record builder and every sink; upserts make it idempotent."""
     from .cdr_files import CdrFileError, cdr_paths, read_cdr_file
@@ -354,6 +366,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     replay_parser = commands.add_parser("replay", help="write the spooled records now")
     replay_parser.add_argument("--timeout", type=float, default=300.0, help="seconds to keep trying")
     replay_parser.set_defaults(run=cmd_replay)
+    rotate_parser = commands.add_parser("rotate", help="rename each file sink's current file aside")
+    rotate_parser.set_defaults(run=cmd_rotate)
     import_parser = commands.add_parser("import", help="backfill from mod_json_cdr / mod_xml_cdr files")
     import_parser.add_argument("paths", nargs="+", help="files or folders (walked) of .cdr.json/.cdr.xml")
     import_parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the sinks")
@@ -370,7 +384,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run_parser = commands.add_parser("run", help="run the engine beside FreeSWITCH, fed by its event socket")
     run_parser.add_argument("--esl", help="HOST:PORT of the event socket (default from cdr.json)")
     run_parser.set_defaults(run=cmd_run)
-    for sub in (play_parser, schema_parser, check_parser, replay_parser, import_parser, tail_parser,
+    for sub in (play_parser, schema_parser, check_parser, replay_parser, rotate_parser, import_parser, tail_parser,
                 status_parser, run_parser):
         sub.add_argument("-c", "--config", default=argparse.SUPPRESS, help="path of cdr.json")
     args = parser.parse_args(argv)

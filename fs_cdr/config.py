@@ -49,6 +49,9 @@ SINKS: dict[str, str] = {
     "database": "fs_cdr.sinks.database",
     "redis": "fs_cdr.sinks.redis",
     "rabbitmq": "fs_cdr.sinks.rabbitmq",
+    "http": "fs_cdr.sinks.http",
+    "nats": "fs_cdr.sinks.nats",
+    "file": "fs_cdr.sinks.file",
 }
 
 #: Channel variables whose values never reach ``details`` (matched case-insensitively, ``*`` wildcard).
@@ -147,6 +150,10 @@ class Paths:
     storage_dir: str = "."
 
 
+#: Keys whose values are secrets besides ``*password*`` ones: a value of the wrong type is not echoed.
+SECRET_KEYS = frozenset(("bearer", "token", "hmac_secret"))
+
+
 class Section:
     """Reads one JSON object, naming each key by its full path, and rejects unknown keys."""
 
@@ -177,7 +184,7 @@ class Section:
         if value is None:
             return default
         if not isinstance(value, str):
-            secret = "password" in name or name in ("url", "connectionstring")
+            secret = "password" in name or name in ("url", "connectionstring") or name in SECRET_KEYS
             raise ConfigError(self.key(name), f"expected a string, got {_kind(value, secret)}")
         return value
 

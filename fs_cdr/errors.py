@@ -32,7 +32,13 @@ class SinkError(CdrError):
 
 
 class RetriableError(SinkError):
-    """The sink is unreachable, slow or busy; the batch may be written later."""
+    """The sink is unreachable, slow or busy; the batch may be written later. ``retry_after_s``:
+    the sink asked for no new attempt before that many seconds (HTTP's Retry-After); the lane
+    waits at least that long, whatever its backoff says."""
+
+    def __init__(self, *args: object, retry_after_s: float = 0.0) -> None:
+        super().__init__(*args)
+        self.retry_after_s = retry_after_s
 
 
 class TransientError(RetriableError):

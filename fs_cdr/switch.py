@@ -41,7 +41,7 @@ log = logging.getLogger("fs_cdr")
 #: The C queue stores pointers, so this costs about 800 KB.
 CONSUMER_QUEUE = 100_000
 THREAD_STACK = 4 * 1024 * 1024
-USAGE = "-USAGE: python fs_cdr status [json|prometheus] | reload [path] | flush | replay | start [path] | stop"
+USAGE = "-USAGE: python fs_cdr status [json|prometheus] | reload [path] | flush | replay | rotate | start [path] | stop"
 
 _lock = threading.RLock()
 _engine: Optional[Engine] = None
@@ -211,7 +211,7 @@ def command(argument: str) -> str:
     if name == "stop":
         return stop()
     engine = _engine
-    if name not in ("status", "flush", "replay"):
+    if name not in ("status", "flush", "replay", "rotate"):
         return USAGE
     if engine is None:
         return "-ERR fs_cdr is not running (python fs_cdr start [path/to/cdr.json])"
@@ -227,6 +227,11 @@ def command(argument: str) -> str:
     if name == "replay":
         answer = engine.replay()
         return ("-ERR " if "refuses" in answer or "lost" in answer else "+OK ") + answer
+    if name == "rotate":  # as mod_cdr_csv rotates on HUP: each file sink's writer opens a new file
+        from .sinks.file import rotate_files
+
+        rotated = rotate_files(engine.config)
+        return "+OK " + ("; ".join(f"{old} -> {new}" for old, new in rotated) or "nothing to rotate")
     if engine.flush(10.0):
         return "+OK flushed"
     return "-ERR not everything was written within 10 s (the rest is queued or spooled)"

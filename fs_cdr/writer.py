@@ -383,7 +383,7 @@ class SinkWriter:
 
     def _replay_one(self) -> None:
         lane = self.lane
-        if lane.failures and self._pause(lane.backoff.compute(lane.failures)):
+        if lane.failures and self._pause(lane.delay(lane.failures)):
             return
         ticket, records = lane.spool.take(self.settings.batch_size)
         if ticket is None:
@@ -476,7 +476,7 @@ class SinkWriter:
                     return False
                 failures += 1
                 lane.failed(error, failures)
-                if self._pause(lane.backoff.compute(failures)):
+                if self._pause(lane.delay(failures)):
                     return False
                 continue
             if batch.ticket is None:
@@ -624,6 +624,8 @@ class SinkLane:
         self.failures = 0
         #: monotonic time of the first failure since the last write (0: writing)
         self._failing_since = 0.0
+        #: monotonic time before which the sink asked not to be tried again (retry_after_s)
+        self._not_before = 0.0
         self._rejected_path = os.path.join(spool_dir, name, "rejected.jsonl")
         self._lock = threading.Lock()
         # Held by the guard from taking records out of memory until the spool counts them: without
@@ -722,6 +724,11 @@ class SinkLane:
             self.failures = 0
             self._failing_since = 0.0
 
+    def delay(self, failures: int) -> float:
+        """How long to wait before the next attempt: the backoff, or longer when the sink asked for
+        that (a RetriableError's ``retry_after_s``)."""
+        return max(self.backoff.compute(failures), self._not_before - time.monotonic())
+
     def failing_for(self, now: float) -> float:
         """How long the sink has failed without a write in between (0 while it writes). The guard
         spools a lane's memory only once this exceeds the window: one lost connection that the
@@ -741,7 +748,10 @@ class SinkLane:
 
     def failed(self, error: BaseException, failures: int) -> None:
         message = mask_secrets(f"{type(error).__name__}: {error}", self.secrets)[:300]
+        retry_after = getattr(error, "retry_after_s", 0.0)
         with self._lock:
+            if retry_after:
+                self._not_before = time.monotonic() + retry_after
             self.stats.retries += 1
             self.failures = failures
             if not self._failing_since:

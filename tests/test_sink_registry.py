@@ -18,7 +18,8 @@ def test_reading_cdr_json_imports_only_the_sinks_it_names() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     before, after = result.stdout.strip().split("] [")
     assert before == "[" and "fs_cdr.sinks.database" in after
-    assert "fs_cdr.sinks.redis" not in after and "fs_cdr.sinks.rabbitmq" not in after
+    for other in ("redis", "rabbitmq", "http", "nats", "file"):
+        assert f"fs_cdr.sinks.{other}" not in after, other
 
 
 def test_every_registered_sink_module_reads_its_section_and_opens_its_target() -> None:
@@ -35,5 +36,6 @@ def test_the_names_that_moved_still_import_from_config() -> None:
     assert config_module.DatabaseConfig is DatabaseConfig and config_module.RedisConfig is RedisConfig
     assert config_module.EventSocketConfig is EventSocketConfig
     config = parse_config({"cdr": {"database": [{"dbtype": "sqlite", "connectionstring": "a.db"}],
-                                   "redis": {"list": "cdr"}, "rabbitmq": {}}})
-    assert [sink.key for sink in config.sinks] == ["database", "redis", "rabbitmq"]
+                                   "redis": {"list": "cdr"}, "rabbitmq": {}, "file": {"path": "cdr.jsonl"},
+                                   "nats": {}, "http": {"url": "http://127.0.0.1/cdr"}}})
+    assert [sink.key for sink in config.sinks] == ["database", "redis", "rabbitmq", "http", "nats", "file"]

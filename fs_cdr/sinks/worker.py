@@ -214,7 +214,7 @@ class ProcessSink:
             raise RejectedError(answer[1])
         if kind == "transient":
             raise TransientError(answer[1])
-        raise RetriableError(answer[1])
+        raise RetriableError(answer[1], retry_after_s=answer[2] if len(answer) > 2 else 0.0)
 
     def _read(self, child: subprocess.Popen, size: int, timeout_s: float, greedy: bool = False) -> bytes:
         """``size`` bytes from the child; ``greedy``: and whatever more is there already."""
@@ -367,7 +367,7 @@ def serve() -> None:
         except TransientError as error:
             answer = ("transient", str(error))
         except RetriableError as error:
-            answer = ("retriable", str(error))
+            answer = ("retriable", str(error), error.retry_after_s)
         except Exception as error:  # noqa: BLE001 - a driver bug is still only this batch's failure
             answer = ("error", f"{type(error).__name__}: {error}")
         _answer(replies, answer)

@@ -59,6 +59,13 @@ def test_install_into_the_running_freeswitch_then_a_call_then_uninstall(tmp_path
         assert "python fs_cdr start" in installed.stdout and "fs_cdr.sqlite" in installed.stdout
         kept = list((live.conf / "autoload_configs").glob("python.conf.xml.before-fs_cdr-*"))
         assert kept, "the operator's python.conf.xml was not kept"
+        (live.conf / "cdr.json").write_text((live.conf / "cdr.json").read_text().replace('"log": false', '"log": true'))
+
+        upgraded = run(*args)  # an upgrade is the same command again
+        assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+        assert "it starts fs_cdr already" in upgraded.stdout and "keep" in upgraded.stdout
+        assert '"log": true' in (live.conf / "cdr.json").read_text()  # the operator's cdr.json stays
+        assert len(list((live.conf / "autoload_configs").glob("python.conf.xml.before-fs_cdr-*"))) == 1
     finally:
         live.shutdown()
     live.start()  # fs_cdr now starts with FreeSWITCH, from the installed files alone

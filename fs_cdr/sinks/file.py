@@ -172,7 +172,8 @@ def line_encoder(settings: FileConfig, config: CdrConfig) -> Callable[[CallRecor
     doubled = settings.escape == "csv"
     fill = text.format
     # a column: its name; a variable: the two ways its key can start inside details' compact JSON
-    plan = [(name, None if name in columns else (f'{{"{name}":', f',"{name}":')) for name in names]
+    plan = [(name, None if name in columns or name in PROFILE_NAMES else (f'{{"{name}":', f',"{name}":'))
+            for name in names]
 
     def csv_line(record: CallRecord) -> tuple[str, bytes]:
         uuid = str(record["uuid"])
@@ -185,7 +186,8 @@ def line_encoder(settings: FileConfig, config: CdrConfig) -> Callable[[CallRecor
         values = []
         for name, keys in plan:
             if keys is None:
-                value = record.get(name)
+                column = PROFILE_NAMES.get(name)
+                value = record.get(name) if column is None else record.get(column) if record.get("leg") == "a" else None
             elif decoded is not None:
                 value = decoded.get(name)
             else:
@@ -203,6 +205,11 @@ def line_encoder(settings: FileConfig, config: CdrConfig) -> Callable[[CallRecor
 
 
 _UNREAD: Any = object()
+#: Template names FreeSWITCH answers from a caller profile, not from a channel variable
+#: (switch_channel_get_variable_dup: ``bleg_<field>`` is the originatee's profile): the column that holds
+#: the same. ``bleg_uuid`` is the b-leg an a-leg originated; fs_cdr has the party it was bridged to,
+#: which is that b-leg on every answered call (a b-leg that never answered leaves it empty here).
+PROFILE_NAMES = {"bleg_uuid": "bridge_uuid"}
 
 
 def detail_variable(details: str, keys: tuple[str, str]) -> Any:

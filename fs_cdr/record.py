@@ -19,6 +19,7 @@ kind and column, with a count of the ones in between):
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import logging
 import operator
@@ -99,6 +100,55 @@ def _epoch(headers: Headers, name: str, microseconds_header: str) -> Optional[in
     """A ``*_epoch`` variable, else the caller profile's microsecond time header."""
     seconds = to_number(variable(headers, name))
     return seconds if isinstance(seconds, int) else _seconds(headers, microseconds_header)
+
+
+#: The latest time a stamp column takes (SQL Server's, MySQL's and Oracle's datetimes end with 9999).
+_STAMP_END_US = 253_402_300_800_000_000
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def _micro(headers: Headers, name: str, microseconds_header: str, seconds: Optional[int]) -> Optional[int]:
+    """A ``*_uepoch`` variable (microseconds), else the caller profile's microsecond header, else the
+    record's whole seconds; ``None`` for none of them or 0 (FreeSWITCH's "never": answer_uepoch of
+    an unanswered leg)."""
+    micro = to_number(variable(headers, name))
+    if not isinstance(micro, int):
+        micro = to_number(header(headers, microseconds_header))
+        if not isinstance(micro, int):
+            micro = seconds * 1_000_000 if isinstance(seconds, int) else None
+    return micro if micro and 0 < micro < _STAMP_END_US else None
+
+
+def stamp(micro: Optional[int]) -> Optional[str]:
+    """Unix microseconds as the UTC date and time, to the millisecond, that every SQL dialect's datetime
+    column takes as text: ``2026-12-03 09:51:15.123``."""
+    if micro is None:
+        return None
+    return (_EPOCH + datetime.timedelta(microseconds=micro - micro % 1000)).isoformat(" ", "milliseconds")
+
+
+def times(headers: Headers, record: CallRecord, overridden: frozenset[str] = frozenset()) -> None:
+    """The millisecond columns: ``billmsec`` and the UTC ``start_stamp``, ``answer_stamp`` and
+    ``end_stamp``, from FreeSWITCH's ``*_uepoch`` variables (the same for the compiled path and
+    Python's, so both add them here). A ``fields`` entry naming one of them (``overridden``) wins."""
+    start = _micro(headers, "start_uepoch", "Caller-Channel-Created-Time", _int_or_none(record.get("start_epoch")))
+    answer = _micro(headers, "answer_uepoch", "Caller-Channel-Answered-Time", _int_or_none(record.get("answer_epoch")))
+    end = _micro(headers, "end_uepoch", "Caller-Channel-Hangup-Time", None)
+    if end is None:
+        end = _micro(headers, "end_uepoch", "Event-Date-Timestamp", _int_or_none(record.get("end_epoch")))
+    billmsec = to_number(variable(headers, "billmsec"))
+    if not isinstance(billmsec, int):
+        billmsec = (end - answer) // 1000 if end and answer and end >= answer else 0
+    found = {"billmsec": _int64(billmsec), "start_stamp": stamp(start), "answer_stamp": stamp(answer),
+             "end_stamp": stamp(end)}
+    if overridden:
+        for name in overridden:
+            found.pop(name, None)
+    record.update(found)
+
+
+def _int_or_none(value: Value) -> Optional[int]:
+    return value if isinstance(value, int) else None
 
 
 def _account(headers: Headers, b_leg: bool) -> Optional[str]:
@@ -208,6 +258,9 @@ class RecordBuilder:
                else (None, None, False))
             for spec in self.fields
         )
+        #: The millisecond columns a ``fields`` entry names, which times() then leaves alone.
+        self._overridden = frozenset(spec.column for spec in self.fields) & frozenset(
+            ("billmsec", "start_stamp", "answer_stamp", "end_stamp"))
         #: What fs_cdr._hangup.columns needs to do _columns' work in C (None: _columns does it), and the
         #: template fields it leaves to Python.
         self._compiled = self._columns_plan() if compiled and hasattr(_hangup, "columns") else None
@@ -310,7 +363,8 @@ class RecordBuilder:
         probe = _Probe({"Unique-ID": "probe"})
         wanted(probe, self.config.process_cdr, self.config.skip_variable)
         leg_of(probe)
-        self._columns(probe, "probe")
+        record, _, _ = self._columns(probe, "probe")
+        times(probe, record)
         # "uuid": read only when Unique-ID is missing
         return frozenset(probe.read | {"uuid"}), frozenset(probe.headers_read | ENGINE_HEADERS)
 
@@ -345,6 +399,7 @@ class RecordBuilder:
                 plain = False
             if not plain:
                 self._finish(record)
+        times(headers, record, self._overridden)
         if start is None or end is None:
             missing = " and ".join(name for name, value in (("start", start), ("end", end)) if value is None)
             self.notices.warn("times", "channel %s: the event has no %s time; stored NULL", shown(record["uuid"]),

@@ -70,7 +70,7 @@ ROW_BYTES = {"mysql": 6500, "postgresql": 4500}
 #: Space left free on the disk, whatever the benchmark needs.
 KEEP_FREE_BYTES = 15 * 2**30
 DETAILS_BYTES = 3500
-FILL_CHUNK = 100_000
+FILL_CHUNK = int(os.environ.get("FS_CDR_GROWTH_CHUNK", "100000"))
 DATADIRS = {"mysql": "SELECT @@datadir", "postgresql": "SHOW data_directory"}
 #: The settings the README recommends for a CDR server (docs/performance.md), those that can be set
 #: at runtime: (setting, value), restored to what the server had after.
@@ -520,18 +520,23 @@ def write_rate(server: Server, stream: list[bytes], backlog: int = 2000) -> floa
     return len(stream) / elapsed
 
 
-def measure(server: Server, records: int, empty_rate: float | None, label: str,
-            report: Callable[..., None], rounds: int = 2, queries: bool = True) -> float:
-    """fs_cdr's rate at this size, the fastest of ``rounds`` (this machine is shared: a slow moment
-    is not the table's doing), then the queries and the disk."""
-    rates = [write_rate(server, growth_stream(records)) for _ in range(rounds)]
-    rate = max(rates)
-    label = f"{label} ({' / '.join(f'{each:,.0f}' for each in rates)})"
-    ratio = rate / empty_rate if empty_rate else 1.0
+def measure(server: Server, empty: Server, records: int, label: str, report: Callable[..., None],
+            rounds: int = 3, queries: bool = True) -> float:
+    """fs_cdr's rate at this size as a ratio to its rate into an empty table, measured in turns
+    (empty, this table, empty, this table...: this machine is shared and its speed moves from one
+    minute to the next), each side's fastest round counting; then the queries and the disk."""
+    rates, empties = [], []
+    for _ in range(rounds):
+        empty.create()
+        empties.append(write_rate(empty, growth_stream(records)))
+        rates.append(write_rate(server, growth_stream(records)))
+    empty.drop()
+    rate, empty_rate = max(rates), max(empties)
+    label = f"{label} ({' / '.join(f'{each:,.0f}' for each in rates)}; empty {' / '.join(f'{each:,.0f}' for each in empties)})"
     rows = server.count()
     disk = server.disk_bytes()
     per_million = f"{disk / 2**30 / (rows / 1e6):.2f} GB" if rows >= 100_000 else "-"
-    report(server.kind, label, rows, rate, ratio, per_million, server.time_queries() if queries else {})
+    report(server.kind, label, rows, rate, rate / empty_rate, per_million, server.time_queries() if queries else {})
     return rate
 
 
@@ -583,11 +588,13 @@ def main() -> int:
     print(f"fs_cdr growth benchmark {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC on {platform.node()}: "
           f"{os.cpu_count()} cores; {args.records} hangups of {DETAILS_BYTES / 1000:.1f} KB details at each size; "
           f"command: {' '.join(sys.argv)}")
-    header = f"{'server':<11}{'settings (rounds)':<40}{'rows':>11}{'rec/s':>9}{'ratio':>7}{'disk/M rows':>12}"
+    header = f"{'server':<11}{'settings (rounds; empty table rounds)':<60}{'rows':>11}{'rec/s':>9}{'ratio':>7}{'disk/M rows':>12}"
 
     def report(kind: str, label: str, rows: int, rate: float, ratio: float, per_million: str,
                queries: dict[str, tuple[float, float, int]]) -> None:
-        print(f"{kind:<11}{label:<40}{rows:>11,}{rate:>9,.0f}{ratio:>7.2f}{per_million:>12}", flush=True)
+        load = os.getloadavg()[0]  # the machine is shared: how busy it was while this was measured
+        print(f"{kind:<11}{label:<60}{rows:>11,}{rate:>9,.0f}{ratio:>7.2f}{per_million:>12}   load {load:.1f}",
+              flush=True)
         for name, (first, median, found) in queries.items():
             print(f"    {name:<36} first {first:8.1f} ms, median of 3 {median:8.1f} ms ({found} rows)", flush=True)
 
@@ -595,24 +602,22 @@ def main() -> int:
         for kind in args.servers.split(","):
             print(header)
             server = Server(kind, directory, f"cdr_growth_{kind}", args.partition)
+            empty = Server(kind, directory, f"cdr_growth_{kind}_empty", args.partition)
             print(f"{kind}: table {server.table}" + (', "partition": "month"' if args.partition else ""))
             try:
                 server.create()
-                empty: float | None = None
                 for size in sizes:
                     if size > server.rows:
                         seconds = server.fill(size)
                         print(f"  ({kind}: filled to {size:,} rows in {seconds:.0f} s)", flush=True)
-                    rate = measure(server, args.records, empty, "defaults", report)
-                    if empty is None:
-                        empty = rate
+                    measure(server, empty, args.records, "defaults", report)
                 if args.recommended:
                     before = server.settings(RECOMMENDED[kind])
                     try:
                         server.warm()
                         print(f"  ({kind}: {', '.join(f'{name} {value}' for name, value in RECOMMENDED[kind])}; "
                               f"was {', '.join(f'{name} {value}' for name, value in before)})")
-                        measure(server, args.records, empty, "recommended", report)
+                        measure(server, empty, args.records, "recommended", report)
                     finally:
                         server.restore(before)
                 if args.index_costs:
@@ -623,10 +628,13 @@ def main() -> int:
                         else:
                             server.run(f"DROP INDEX {quote(index.name(server.table))}")
                         # the queries without their index are full scans: not timed here
-                        measure(server, args.records, empty, f"without {index.suffix}", report, queries=False)
+                        measure(server, empty, args.records, f"without {index.suffix}", report, rounds=2,
+                                queries=False)
             finally:
                 server.drop()
                 server.close()
+                empty.drop()
+                empty.close()
             if args.apply_rows:
                 apply_times(kind, directory, args.apply_rows)
     shutil.rmtree(directory, ignore_errors=True)

@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .schema import ADDED_COLUMNS, table_columns
 from .sinks import lanes_for, targets
 from .sinks.database import DBTYPES
+from .sinks.partitions import MonthlyPartitions
 from .sinks.sql import SqlSink, dialect_for
 from .source import play
 from .spool import SpoolBusy
@@ -125,12 +126,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
         return 2
     table = config.databases[0].table if config.databases else "cdr"
     for dbtype in dbtypes:
-        dialect = dialect_for(dbtype, next((database for database in config.databases if database.dbtype == dbtype), None))
+        database = next((database for database in config.databases if database.dbtype == dbtype), None)
+        dialect = dialect_for(dbtype, database)
         if dialect is None:
             print(f"-- {dbtype}: not supported by this build", file=sys.stderr)
             return 2
+        partitions = MonthlyPartitions(dialect, table) if database is not None and database.partition else None
         print(f"-- {dbtype}")
-        for statement in dialect.schema_statements(table, table_columns(config)):
+        for statement in dialect.schema_statements(table, table_columns(config), partitions):
             print(f"{statement};")
     return 0
 

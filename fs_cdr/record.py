@@ -119,18 +119,43 @@ def _micro(headers: Headers, name: str, microseconds_header: str, seconds: Optio
     return micro if micro and 0 < micro < _STAMP_END_US else None
 
 
+_MINUTES: dict[int, str] = {}
+
+
 def stamp(micro: Optional[int]) -> Optional[str]:
     """Unix microseconds as the UTC date and time, to the millisecond, that every SQL dialect's datetime
-    column takes as text: ``2026-12-03 09:51:15.123``."""
+    column takes as text: ``2026-12-03 09:51:15.123``. The date and minute are made once a minute
+    (datetime's own formatting costs more than the rest of a record's columns, three stamps a
+    record, on the source thread)."""
     if micro is None:
         return None
-    return (_EPOCH + datetime.timedelta(microseconds=micro - micro % 1000)).isoformat(" ", "milliseconds")
+    minute, milliseconds = divmod(micro // 1000, 60_000)
+    head = _MINUTES.get(minute)
+    if head is None:
+        if len(_MINUTES) >= 4096:
+            _MINUTES.clear()
+        head = _MINUTES[minute] = (_EPOCH + datetime.timedelta(minutes=minute)).isoformat(" ", "minutes") + ":"
+    return f"{head}{milliseconds // 1000:02d}.{milliseconds % 1000:03d}"
 
 
 def times(headers: Headers, record: CallRecord, overridden: frozenset[str] = frozenset()) -> None:
     """The millisecond columns: ``billmsec`` and the UTC ``start_stamp``, ``answer_stamp`` and
     ``end_stamp``, from FreeSWITCH's ``*_uepoch`` variables (the same for the compiled path and
     Python's, so both add them here). A ``fields`` entry naming one of them (``overridden``) wins."""
+    get = headers.get
+    texts = (get("variable_start_uepoch"), get("variable_answer_uepoch"), get("variable_end_uepoch"),
+             get("variable_billmsec"))
+    if all(text.__class__ is str and text.isdigit() and text.isascii() for text in texts):
+        # a hangup from FreeSWITCH: all four are there, as digits
+        start, answer, end, billmsec = (int(text) for text in texts)  # type: ignore[arg-type]
+        found = {"billmsec": _int64(billmsec), "start_stamp": stamp(start if 0 < start < _STAMP_END_US else None),
+                 "answer_stamp": stamp(answer if 0 < answer < _STAMP_END_US else None),
+                 "end_stamp": stamp(end if 0 < end < _STAMP_END_US else None)}
+        if overridden:
+            for name in overridden:
+                found.pop(name, None)
+        record.update(found)
+        return
     start = _micro(headers, "start_uepoch", "Caller-Channel-Created-Time", _int_or_none(record.get("start_epoch")))
     answer = _micro(headers, "answer_uepoch", "Caller-Channel-Answered-Time", _int_or_none(record.get("answer_epoch")))
     end = _micro(headers, "end_uepoch", "Caller-Channel-Hangup-Time", None)

@@ -182,3 +182,26 @@ def test_the_rebuild_apply_prints_keeps_the_upsert_by_uuid(tmp_path, table_name,
         assert "NOTE" not in capsys.readouterr().out
     finally:
         drop_table("mysql", tmp_path, table_name)
+
+
+def test_the_builder_takes_stamps_from_uepoch_else_the_profile_times_and_none_for_never() -> None:
+    from fs_cdr.config import parse_config
+    from fs_cdr.record import RecordBuilder
+
+    builder = RecordBuilder(parse_config({"cdr": {"log": True}}))
+    event = dict(hangups("b_bridge_null")[0])
+    record = builder.build(event)
+    assert record is not None
+    assert record["start_stamp"] == utc(event["variable_start_uepoch"]).isoformat(" ", "milliseconds")
+    assert record["billmsec"] == int(event["variable_billmsec"])
+    # an event without the *_uepoch variables (an imported CDR file, an older switch): the caller
+    # profile's microsecond times; billmsec from them; never answered: no answer_stamp and 0 ms
+    for name in ("variable_start_uepoch", "variable_answer_uepoch", "variable_end_uepoch", "variable_billmsec"):
+        event.pop(name, None)
+    event["Caller-Channel-Answered-Time"] = "0"
+    event["variable_answer_epoch"] = "0"
+    record = builder.build(event)
+    assert record is not None
+    assert record["start_stamp"] == utc(event["Caller-Channel-Created-Time"]).isoformat(" ", "milliseconds")
+    assert record["answer_stamp"] is None and record["billmsec"] == 0
+    assert record["end_stamp"] is not None

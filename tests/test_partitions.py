@@ -139,3 +139,16 @@ def test_a_partitioned_table_is_upserted_by_uuid_and_retention_drops_old_months(
             assert any(name.endswith(f"p{month // 12:04d}{month % 12 + 1:02d}") for name in left), (months, left)
     finally:
         drop_table(kind, tmp_path, table_name)
+
+
+def test_schema_prints_the_partitioned_table_when_it_is_configured(tmp_path, capsys) -> None:
+    import json
+
+    from fs_cdr.cli import main
+
+    path = tmp_path / "cdr.json"
+    entry = dict(database_entry("mysql", "calls", tmp_path), partition="month", retention_days=400)
+    path.write_text(json.dumps({"cdr": {"database": entry}}))
+    assert main(["schema", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "PARTITION BY RANGE COLUMNS(`start_stamp`)" in out and "UNIQUE (`uuid`, `start_stamp`)" in out

@@ -1,8 +1,9 @@
 """``fs-cdr``: the operator's command line, outside FreeSWITCH.
 
     fs-cdr play [-c cdr.json] EVENTS.jsonl...   feed recorded FreeSWITCH events through the real engine
-    fs-cdr schema [-c cdr.json] [--dbtype T]    print CREATE TABLE for the configured table and fields
-    fs-cdr check [-c cdr.json]                  validate cdr.json and connect to every sink
+    fs-cdr schema [-c cdr.json] [--dbtype T]    print CREATE TABLE and its indexes for the configured table
+    fs-cdr schema --apply [-c cdr.json]         create the table, or add what it lacks that can be added online
+    fs-cdr check [-c cdr.json]                  validate cdr.json, connect to every sink, say what tables lack
     fs-cdr replay [-c cdr.json]                 write the spooled records now (FreeSWITCH stopped)
     fs-cdr rotate [-c cdr.json]                 rename each file sink's current file aside (as on HUP)
     fs-cdr import [-c cdr.json] PATH...         backfill from mod_json_cdr / mod_xml_cdr files or folders
@@ -26,14 +27,16 @@ from typing import Optional, Sequence
 from .config import CdrConfig, Paths, load_config
 from .engine import Engine, format_status
 from .errors import ConfigError
-from .schema import table_columns
+from .schema import ADDED_COLUMNS, table_columns
 from .sinks import lanes_for, targets
 from .sinks.database import DBTYPES
+from .sinks.partitions import MonthlyPartitions
 from .sinks.sql import SqlSink, dialect_for
 from .source import play
 from .spool import SpoolBusy
 from .writer import SinkLane
 
+log = logging.getLogger("fs_cdr.cli")
 DEFAULT_CONFIG = os.environ.get("FS_CDR_CONFIG", "cdr.json")
 SHOWN = ("uuid", "leg", "direction", "caller_id_number", "destination_number", "originator", "bridge_uuid",
          "billsec", "duration", "hangup_cause")
@@ -110,6 +113,12 @@ def _lane_troubles(lanes: Sequence[SinkLane]) -> list[str]:
     return lines
 
 
+#: How long the statements ``schema --apply`` leaves to the operator took here, in seconds per million
+#: rows (bench/growth.py --apply-rows, docs/performance.md): a MariaDB table of the first release rebuilt
+#: around the ``id`` key, 1 million rows of 3.5 KB details, 2026-12-03.
+REBUILD_S_PER_MILLION = {"mysql": 117.0}
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     config = load(args.config)
     if args.apply:
@@ -121,13 +130,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
                 return 2
             sink = SqlSink(dialect, database, columns)
             try:
-                statements = sink.apply_schema()
+                statements, left = sink.apply_schema()
             finally:
                 sink.close()
             for statement in statements:
                 print(f"-- {database.name}: applied\n{statement};")
             if not statements:
-                print(f"-- {database.name}: table {database.table} already has every column")
+                print(f"-- {database.name}: table {database.table} already has every column and index")
+            for statement in left:
+                took = REBUILD_S_PER_MILLION.get(database.dbtype)
+                print(f"-- {database.name}: not applied: this rewrites the whole table"
+                      + (f" (measured: about {took:.0f} s per million rows, docs/performance.md)" if took else "")
+                      + "; run it at a quiet hour (writers wait in the spool if it locks them out)\n"
+                      + f"{statement};")
         return 0
     dbtypes = [DBTYPES[args.dbtype]] if args.dbtype else [database.dbtype for database in config.databases]
     if not dbtypes:
@@ -135,12 +150,52 @@ def cmd_schema(args: argparse.Namespace) -> int:
         return 2
     table = config.databases[0].table if config.databases else "cdr"
     for dbtype in dbtypes:
-        dialect = dialect_for(dbtype, next((database for database in config.databases if database.dbtype == dbtype), None))
+        serving = next((database for database in config.databases if database.dbtype == dbtype), None)
+        dialect = dialect_for(dbtype, serving)
         if dialect is None:
             print(f"-- {dbtype}: not supported by this build", file=sys.stderr)
             return 2
-        print(f"-- {dbtype}\n{dialect.create_table(table, table_columns(config))};")
+        partitions = MonthlyPartitions(dialect, table) if serving is not None and serving.partition else None
+        print(f"-- {dbtype}")
+        for statement in dialect.schema_statements(table, table_columns(config), partitions):
+            print(f"{statement};")
     return 0
+
+
+def table_notes(config: CdrConfig) -> list[str]:
+    """What each existing table lacks of today's schema: the newer standard columns (it is written
+    without them), the recommended indexes, a key that needs a rebuild. Advice, not failures."""
+    notes = []
+    columns = table_columns(config)
+    for database in config.databases:
+        dialect = dialect_for(database.dbtype, database)
+        if dialect is None:
+            continue
+        sink = SqlSink(dialect, database, columns, create=False)
+        try:
+            sink.connection = dialect.connect(database, database.batch.timeout_s)
+            found = sink.existing_columns()
+            if not found:
+                continue
+            table = f"{database.name}: table {database.table}"
+            lacking = [column.name for column in columns if column.name in ADDED_COLUMNS and column.name not in found]
+            if lacking:
+                notes.append(f"{table} has no column {', '.join(lacking)}: written without them; "
+                             "`fs-cdr schema --apply` adds them")
+            indexes = sink.lacking_indexes()
+            if indexes is None:
+                notes.append(f"{table}: its indexes cannot be listed here; `fs-cdr schema` shows the recommended ones")
+            for index in indexes or ():
+                notes.append(f"{table} lacks the recommended index on ({', '.join(index.columns)}) for {index.queries}: "
+                             "`fs-cdr schema --apply` adds it without stopping writers")
+            for statement in dialect.rebuild_statements(sink.connection, database.table):
+                notes.append(f"{table} has the uuid as its clustered key, which slows every insert once the table "
+                             f"outgrows memory; `fs-cdr schema --apply` prints the rebuild: {statement}")
+        except Exception as error:  # noqa: BLE001 - the connection failure is reported above
+            log.debug("no table notes for %s: %s", database.name, error)
+        finally:
+            sink.close()
+    return notes
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -156,6 +211,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"FAIL  {target.name}: {target.description}: {error}")
         finally:
             sink.close()
+    for note in table_notes(config):
+        print(f"NOTE  {note}")
     return 1 if problems else 0
 
 

@@ -70,7 +70,8 @@ HEADERS = (
 VARIABLES = (
     "uuid", "direction", "originator", "bridge_uuid", "last_bridge_to", "account", "sip_gateway_name",
     "dialed_user", "user_name", "call_source", "source_name", "source_number", "dial_number",
-    "cti_line_group_name", "start_epoch", "answer_epoch", "process_cdr",
+    "cti_line_group_name", "start_epoch", "answer_epoch", "process_cdr", "start_uepoch", "answer_uepoch",
+    "end_uepoch", "billmsec",
 )
 
 
@@ -105,6 +106,7 @@ class UpdateBuilder:
         if state != "hangup":
             # still up: no end yet; duration and billsec so far come from the event's own time
             record["end_epoch"] = None
+            record["end_stamp"] = None
             record["hangup_cause"] = None
         if name == "CHANNEL_BRIDGE" and not record.get("bridge_uuid"):
             other = header(headers, "Other-Leg-Unique-ID")

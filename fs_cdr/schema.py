@@ -19,7 +19,8 @@ SHORT_LIMIT = 64
 @dataclass(frozen=True)
 class Column:
     name: str
-    #: key (the uuid), short (≤64), text (≤255), long (unbounded text), int, number, json
+    #: key (the uuid), short (≤64), text (≤255), long (unbounded text), int, number, json, stamp (a UTC
+    #: date and time to the millisecond, 'YYYY-MM-DD HH:MM:SS.mmm' in a record)
     kind: str
     doc: str = ""
 
@@ -48,6 +49,10 @@ STANDARD_COLUMNS: tuple[Column, ...] = (
     Column("end_epoch", "int", "variable_end_epoch: hangup, Unix seconds"),
     Column("duration", "int", "variable_duration: seconds from creation to hangup"),
     Column("billsec", "int", "variable_billsec: seconds from answer to hangup, 0 if unanswered"),
+    Column("billmsec", "int", "variable_billmsec: milliseconds from answer to hangup, 0 if unanswered"),
+    Column("start_stamp", "stamp", "variable_start_uepoch as a UTC date and time, to the millisecond"),
+    Column("answer_stamp", "stamp", "variable_answer_uepoch as a UTC date and time; NULL when never answered"),
+    Column("end_stamp", "stamp", "variable_end_uepoch as a UTC date and time, to the millisecond"),
     Column("hangup_cause", "short", "variable_hangup_cause, e.g. NORMAL_CLEARING, NO_ANSWER"),
     Column("switchname", "text", "FreeSWITCH-Switchname: which FreeSWITCH wrote the record"),
     Column("core_uuid", "short", "Core-UUID: that FreeSWITCH process's run"),
@@ -56,6 +61,10 @@ STANDARD_COLUMNS: tuple[Column, ...] = (
     Column("event_seq", "int", "Event-Sequence of the event that wrote the row: an older update never "
                                "overwrites a newer one, and nothing overwrites a completed row but a completed one"),
 )
+#: Standard columns added after the first release. A table created before them (by ``fs-cdr schema``
+#: of that release) lacks them and is still written to, without them, until ``fs-cdr schema --apply``
+#: adds them.
+ADDED_COLUMNS = frozenset({"billmsec", "start_stamp", "answer_stamp", "end_stamp"})
 DETAILS = Column("details", "json", "every channel variable as a JSON object (details: true)")
 STANDARD_NAMES = frozenset(column.name for column in STANDARD_COLUMNS) | {DETAILS.name}
 
@@ -73,3 +82,34 @@ def table_columns(config: CdrConfig) -> tuple[Column, ...]:
         if spec.column not in STANDARD_NAMES:
             columns.append(Column(spec.column, "number" if spec.numeric else "long", f"fields: {spec.source}"))
     return tuple(columns)
+
+
+@dataclass(frozen=True)
+class Index:
+    """A secondary index every new table gets, for the queries operators run on a growing table.
+
+    Chosen by measurement (bench/growth.py, docs/performance.md): each index costs every insert, and
+    one whose key is random (a uuid, a phone number) costs a random page read per row once the
+    table outgrows the server's memory; most are written near their end (by time) or in few
+    places (per account); ``call`` (shared by the legs of a call) and ``destination`` are not."""
+
+    #: the index is named ``<table>_<suffix>`` (PostgreSQL, SQLite and Oracle name indexes per schema)
+    suffix: str
+    columns: tuple[str, ...]
+    queries: str
+    #: columns searched by prefix (``LIKE '0044%'``): PostgreSQL indexes them with varchar_pattern_ops,
+    #: without which a database whose collation is not C cannot use the index for such a search
+    prefixed: tuple[str, ...] = ()
+
+    def name(self, table: str) -> str:
+        return f"{table}_{self.suffix}"[:60]
+
+
+INDEXES: tuple[Index, ...] = (
+    Index("account_start", ("account", "start_stamp"), "(a) one extension's or account's calls in a time range"),
+    Index("call", ("call_uuid",), "(b) all legs of a call (a b-leg's call_uuid is its originator, the a-leg)"),
+    # billsec: the usual report over such calls (count, minutes) is read from the index alone
+    Index("destination", ("destination_number", "start_stamp", "billsec"), "(c) calls to a destination prefix in a month",
+          prefixed=("destination_number",)),
+    Index("start", ("start_stamp", "hangup_cause"), "(d) counts per day and hangup_cause in a month, (e) the latest calls"),
+)

@@ -20,7 +20,7 @@ import pytest
 from fs_cdr.cli import main
 from fs_cdr.config import BatchSettings, DatabaseConfig, parse_config
 from fs_cdr.errors import ConfigError, RejectedError, RetriableError, TransientError
-from fs_cdr.schema import DETAILS, STANDARD_COLUMNS, Column, table_columns
+from fs_cdr.schema import DETAILS, INDEXES, STANDARD_COLUMNS, Column, table_columns
 from fs_cdr.sinks import odbc, oracle, sqlserver
 from fs_cdr.sinks.mysql import MySQL
 from fs_cdr.sinks.postgres import PostgreSQL
@@ -50,7 +50,8 @@ def test_sqlserver_create_table_uses_nvarchar_and_brackets_every_name() -> None:
     statement = sqlserver.SqlServer().create_table("cdr", all_columns())
     lines = statement.splitlines()
     assert lines[0] == "CREATE TABLE [cdr] ("
-    assert lines[1] == "  [uuid] NVARCHAR(128) NOT NULL,"
+    assert lines[1] == "  [id] BIGINT IDENTITY(1,1) NOT NULL,"
+    assert lines[2] == "  [uuid] NVARCHAR(128) NOT NULL,"
     assert "  [leg] NVARCHAR(128)," in lines
     assert "  [caller_id_name] NVARCHAR(510)," in lines
     assert "  [start_epoch] BIGINT," in lines
@@ -58,9 +59,30 @@ def test_sqlserver_create_table_uses_nvarchar_and_brackets_every_name() -> None:
     assert "  [queue_name] NVARCHAR(MAX)," in lines
     assert "  [score] FLOAT," in lines
     assert "  [level] NVARCHAR(MAX)," in lines and "  [number] NVARCHAR(MAX)," in lines
-    assert lines[-2:] == ["  PRIMARY KEY ([uuid])", ")"]
+    assert "  [start_stamp] DATETIME2(3)," in lines and "  [billmsec] BIGINT," in lines
+    assert lines[-3:] == ["  PRIMARY KEY CLUSTERED ([id]),", "  UNIQUE NONCLUSTERED ([uuid])", ")"]
     added = sqlserver.SqlServer().add_column("cdr", Column("user", "long"))
     assert added == "ALTER TABLE [cdr] ADD [user] NVARCHAR(MAX)"
+
+
+def test_sqlserver_table_gets_the_indexes_for_the_operators_queries() -> None:
+    statements = sqlserver.SqlServer().schema_statements("cdr", all_columns())
+    assert statements[1:] == [
+        "CREATE INDEX [cdr_account_start] ON [cdr] ([account], [start_stamp])",
+        "CREATE INDEX [cdr_call] ON [cdr] ([call_uuid])",
+        "CREATE INDEX [cdr_destination] ON [cdr] ([destination_number], [start_stamp], [billsec])",
+        "CREATE INDEX [cdr_start] ON [cdr] ([start_stamp], [hangup_cause])",
+    ]
+    online = sqlserver.SqlServer().create_index_online("cdr", INDEXES[0])
+    assert online == "CREATE INDEX [cdr_account_start] ON [cdr] ([account], [start_stamp]) WITH (ONLINE = ON)"
+
+
+def test_sqlserver_binds_stamps_as_iso_text_the_server_converts() -> None:
+    kinds = odbc.parameter_kinds(["uuid", "start_stamp", "billmsec"], [("u", "2026-12-03 09:51:15.123", 2500)])
+    assert kinds == ["key", "stamp", "int"]
+    import pyodbc
+
+    assert sqlserver.input_sizes(kinds)[1] == (pyodbc.SQL_WVARCHAR, 32, 0)
 
 
 def test_sqlserver_merge_is_a_locked_upsert_of_every_column() -> None:
@@ -226,8 +248,24 @@ def test_oracle_create_table_quotes_upper_case_names_and_uses_clob() -> None:
     assert '  "DETAILS" CLOB,' in lines
     assert '  "QUEUE_NAME" CLOB,' in lines and '  "SCORE" BINARY_DOUBLE,' in lines
     assert '  "LEVEL" CLOB,' in lines and '  "NUMBER" CLOB,' in lines
-    assert lines[-2:] == ['  PRIMARY KEY ("UUID")', ")"]
+    assert '  "START_STAMP" TIMESTAMP(3),' in lines and '  "END_STAMP" TIMESTAMP(3),' in lines
+    assert lines[-2:] == ['  PRIMARY KEY ("UUID")', ")"]  # a heap table: new rows go to its end whatever the key
     assert oracle.Oracle().add_column("cdr", Column("size", "number")) == 'ALTER TABLE "CDR" ADD "SIZE" BINARY_DOUBLE'
+
+
+def test_oracle_table_gets_the_indexes_and_stamps_are_converted_with_a_fixed_format() -> None:
+    dialect = oracle.Oracle()
+    statements = dialect.schema_statements("cdr", all_columns())
+    assert statements[1] == 'CREATE INDEX "CDR_ACCOUNT_START" ON "CDR" ("ACCOUNT", "START_STAMP")'
+    assert statements[3] == 'CREATE INDEX "CDR_DESTINATION" ON "CDR" ("DESTINATION_NUMBER", "START_STAMP", "BILLSEC")'
+    assert len(statements) == 5
+    statement = dialect.upsert("cdr", ["uuid", "start_stamp"])
+    # the session's NLS_TIMESTAMP_FORMAT does not decide how the text is read
+    assert statement.startswith('MERGE INTO "CDR" t USING (SELECT :1 AS "UUID", '
+                                f'TO_TIMESTAMP(:2, {oracle.STAMP_FORMAT}) AS "START_STAMP" FROM DUAL) s ')
+    assert oracle.STAMP_FORMAT.replace("' || CHR(58) || '", ":") == "'YYYY-MM-DD HH24:MI:SS.FF3'"
+    sql, parameters = dialect.indexes_query("cdr")
+    assert "user_ind_columns" in sql and parameters == ("CDR",)
 
 
 def test_oracle_merge_binds_each_value_once_by_position() -> None:
@@ -625,10 +663,12 @@ def test_schema_command_prints_sqlserver_and_oracle_tables(tmp_path, capsys) -> 
     fields = ["queue_name", "number:score"]
     columns = table_columns(parse_config({"cdr": {"log": True, "details": True, "fields": fields}}))
     assert code == 0
-    assert out == f"-- sqlserver\n{sqlserver.SqlServer().create_table('calls', columns)};\n"
+    statements = sqlserver.SqlServer().schema_statements('calls', columns)
+    assert out == "-- sqlserver\n" + "".join(f"{statement};\n" for statement in statements)
     assert "[details] NVARCHAR(MAX)" in out and "[score] FLOAT" in out
     code, out = schema_output(tmp_path, capsys, ["--dbtype", "oracle"], entry)
-    assert code == 0 and out == f"-- oracle\n{oracle.Oracle().create_table('calls', columns)};\n"
+    statements = oracle.Oracle().schema_statements('calls', columns)
+    assert code == 0 and out == "-- oracle\n" + "".join(f"{statement};\n" for statement in statements)
     assert 'CREATE TABLE "CALLS"' in out and '"DETAILS" CLOB' in out
 
 

@@ -73,6 +73,10 @@ class DatabaseConfig:
     driver: str = ""
     options: Mapping[str, str] = field(default_factory=dict, repr=False)
     batch: BatchSettings = BatchSettings()
+    #: "month": the table is partitioned by month of start_stamp (MySQL/MariaDB, PostgreSQL; partitions.py)
+    partition: str = ""
+    #: with monthly partitions: drop a month's partition once all of it is older than this; 0 keeps all
+    retention_days: int = 0
 
     def describe(self) -> str:
         """Where this sink writes, safe for logs and status (no secrets)."""
@@ -257,8 +261,20 @@ def _database(value: object, path: str, paths: Paths, index: int, base: str) -> 
             section.key("dialect"),
             "dbtype odbc needs the dialect its target speaks: mysql, postgresql, sqlserver, oracle or sqlite",
         )
+    partition = section.text("partition")
+    if partition not in ("", "month"):
+        raise ConfigError(section.key("partition"), f"partition is \"month\" or absent, got {partition!r}")
+    if partition and dbtype not in ("mysql", "postgresql"):
+        raise ConfigError(section.key("partition"), "monthly partitions are made for MySQL/MariaDB and PostgreSQL "
+                                                    f"only, not {dbtype}")
+    retention_days = section.integer("retention_days", 0, 0, 100 * 366)
+    if retention_days and not partition:
+        raise ConfigError(section.key("retention_days"), "retention drops whole monthly partitions: it needs "
+                                                         "\"partition\": \"month\"")
     config = DatabaseConfig(
         name=section.text("name", dbtype if index == 0 else f"{dbtype}{index}"),
+        partition=partition,
+        retention_days=retention_days,
         dbtype=dbtype,
         table=table,
         real=section.boolean("real", False),

@@ -19,7 +19,7 @@ import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
-from ..schema import DETAILS, STANDARD_COLUMNS, Column
+from ..schema import DETAILS, STANDARD_COLUMNS, Column, Index
 from .database import DEFAULT_PORTS, DatabaseConfig
 from .sql import TRANSIENT_STATES, Dialect
 
@@ -266,11 +266,27 @@ class OdbcDialect(Dialect):
     def quote(self, identifier: str) -> str:
         return self.sql.quote(identifier)
 
-    def create_table(self, table: str, columns: Sequence[Column]) -> str:
-        return self.sql.create_table(table, columns)
+    def create_table(self, table: str, columns: Sequence[Column], partitions: Any = None) -> str:
+        return self.sql.create_table(table, columns, partitions)
 
     def add_column(self, table: str, column: Column) -> str:
         return self.sql.add_column(table, column)
+
+    def key_lines(self, columns: Sequence[Column], partitioned: bool = False) -> list[str]:
+        return self.sql.key_lines(columns, partitioned)
+
+    def create_index(self, table: str, index: Index) -> str:
+        return self.sql.create_index(table, index)
+
+    def create_index_online(self, table: str, index: Index) -> str:
+        return self.sql.create_index_online(table, index)
+
+    def indexes_query(self, table: str) -> Optional[tuple[str, tuple[Any, ...]]]:
+        query = self.sql.indexes_query(table)
+        return None if query is None else (to_qmark(query[0], self.sql.placeholder), query[1])
+
+    def rebuild_statements(self, connection: Any, table: str) -> list[str]:
+        return []  # not looked up through ODBC: `fs-cdr schema --dbtype mysql` prints the table's new form
 
     def upsert(self, table: str, names: Sequence[str]) -> str:
         return to_qmark(self.sql.upsert(table, names), self.sql.placeholder)

@@ -37,9 +37,14 @@ from typing import Any, Optional, Sequence
 from urllib.parse import urlencode
 
 from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
+from ..schema import STANDARD_COLUMNS, Index
 from .database import DatabaseConfig
 from .odbc import parameter_kinds
 from .sql import Dialect
+
+#: 'YYYY-MM-DD HH24:MI:SS.FF3', the text of a record's stamp (record.stamp)
+STAMP_FORMAT = "'YYYY-MM-DD HH24' || CHR(58) || 'MI' || CHR(58) || 'SS.FF3'"
+_STAMPS = frozenset(column.name for column in STANDARD_COLUMNS if column.kind == "stamp")
 
 #: Oracle errors that are the record's fault.
 REJECTED_CODES = frozenset(
@@ -263,6 +268,7 @@ class Oracle(Dialect):
         "int": "NUMBER(19)",
         "number": "BINARY_DOUBLE",
         "json": "CLOB",
+        "stamp": "TIMESTAMP(3)",
     }
 
     def __init__(self, config: Optional[DatabaseConfig] = None) -> None:
@@ -276,7 +282,12 @@ class Oracle(Dialect):
 
     def upsert(self, table: str, names: Sequence[str]) -> str:
         quote = self.quote
-        selected = ", ".join(f":{position} AS {quote(name)}" for position, name in enumerate(names, 1))
+        # a stamp is bound as its text and converted here: a plain string would be read with the
+        # session's NLS_TIMESTAMP_FORMAT, whatever that is (the format's colons are CHR(58), so that
+        # the statement's only colons are its bind markers, which dbtype odbc rewrites)
+        selected = ", ".join(
+            (f"TO_TIMESTAMP(:{position}, {STAMP_FORMAT})" if name in _STAMPS else f":{position}")
+            + f" AS {quote(name)}" for position, name in enumerate(names, 1))
         updates = ", ".join(f"t.{quote(name)} = s.{quote(name)}" for name in names if name != "uuid")
         columns = ", ".join(quote(name) for name in names)
         inserted = ", ".join(f"s.{quote(name)}" for name in names)
@@ -290,6 +301,13 @@ class Oracle(Dialect):
         )
         self.statements[statement] = tuple(names)
         return statement
+
+    def create_index_online(self, table: str, index: Index) -> str:
+        return self.create_index(table, index) + " ONLINE"  # Enterprise Edition; others: without ONLINE
+
+    def indexes_query(self, table: str) -> Optional[tuple[str, tuple[Any, ...]]]:
+        return ("SELECT index_name, column_name FROM user_ind_columns WHERE table_name = :1 "
+                "ORDER BY index_name, column_position", (table.upper(),))
 
     def columns_query(self, table: str) -> tuple[str, tuple[Any, ...]]:
         # The upper-cased name, as ``quote`` writes it.

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from ..errors import SinkError
+from ..schema import Index
 from .database import DatabaseConfig
 from .sql import Dialect, rejected_or_retriable
 
@@ -30,7 +31,25 @@ class PostgreSQL(Dialect):
         "int": "BIGINT",
         "number": "DOUBLE PRECISION",
         "json": "JSON",
+        "stamp": "TIMESTAMP(3)",
     }
+
+    def create_index(self, table: str, index: Index) -> str:
+        columns = ", ".join(self.quote(name) + (" varchar_pattern_ops" if name in index.prefixed else "")
+                            for name in index.columns)
+        return f"CREATE INDEX {self.quote(index.name(table))} ON {self.quote(table)} ({columns})"
+
+    def create_index_online(self, table: str, index: Index) -> str:
+        # CONCURRENTLY: writers go on while it is built (it must run outside a transaction)
+        return self.create_index(table, index).replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY IF NOT EXISTS", 1)
+
+    def indexes_query(self, table: str) -> Optional[tuple[str, tuple[Any, ...]]]:
+        return ("SELECT i.relname, a.attname FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid "
+                "JOIN pg_class i ON i.oid = x.indexrelid "
+                "JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, position) ON true "
+                "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum "
+                "WHERE t.relname = %s AND t.relnamespace = current_schema()::regnamespace "
+                "ORDER BY i.relname, k.position", (table,))
 
     def upsert(self, table: str, names: Sequence[str]) -> str:
         return self.on_conflict_upsert(table, names, "EXCLUDED")

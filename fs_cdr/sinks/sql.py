@@ -15,8 +15,9 @@ from typing import Any, Optional, Sequence
 from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
 from ..realtime import LOST, LOST_SEQ, OPEN_STATES, REMOVED
 from ..record import CallRecord
-from ..schema import Column
+from ..schema import ADDED_COLUMNS, INDEXES, Column, Index
 from .database import DatabaseConfig
+from .partitions import MonthlyPartitions
 
 log = logging.getLogger("fs_cdr.sinks.sql")
 
@@ -26,6 +27,8 @@ TRANSIENT_STATES = frozenset({"40001", "40P01"})
 #: After a batch of new rows met a row already in the table (a replay after a crash, an import, the
 #: same calls again), the sink upserts for this long before it tries the bulk path again.
 BULK_PAUSE_S = 60.0
+#: How long ``schema --apply`` lets one statement run.
+APPLY_TIMEOUT_S = 3 * 3600.0
 
 
 class Dialect:
@@ -37,6 +40,15 @@ class Dialect:
     #: Column kind (see ``schema.Column``) to column type.
     types: dict[str, str] = {}
 
+    #: Whether the table is stored in the order of its primary key (InnoDB, SQL Server's clustered
+    #: index): there a random uuid as the key puts every new row on a random page once the table
+    #: outgrows memory, so such a table gets an ever-growing ``id`` as its key and ``uuid`` a UNIQUE
+    #: index (the upsert's key, as before). PostgreSQL's and Oracle's heaps and SQLite's rowid
+    #: tables append new rows whatever the key, and keep ``uuid`` as the primary key.
+    clustered = False
+    #: The column type of the ``id`` key, for a clustered dialect.
+    id_type = ""
+
     def quote(self, identifier: str) -> str:
         return f'"{identifier}"'
 
@@ -46,10 +58,59 @@ class Dialect:
             return [f":{index}" for index in range(1, count + 1)]
         return [self.placeholder] * count
 
-    def create_table(self, table: str, columns: Sequence[Column]) -> str:
-        lines = [f"  {self.quote(column.name)} {self.types[column.kind]}" for column in columns]
-        lines.append(f"  PRIMARY KEY ({self.quote('uuid')})")
-        return f"CREATE TABLE {self.quote(table)} (\n" + ",\n".join(lines) + "\n)"
+    def key_lines(self, columns: Sequence[Column], partitioned: bool = False) -> list[str]:
+        """The lines of CREATE TABLE after the columns: the keys. A partitioned table's keys hold the
+        partitioning column (partitions.py)."""
+        also = f", {self.quote('start_stamp')}" if partitioned else ""
+        if self.clustered and not any(column.name == "id" for column in columns):
+            return [f"  {self.quote('id')} {self.id_type}", f"  PRIMARY KEY ({self.quote('id')}{also})",
+                    f"  UNIQUE ({self.quote('uuid')}{also})"]
+        return [f"  PRIMARY KEY ({self.quote('uuid')}{also})"]
+
+    def create_table(self, table: str, columns: Sequence[Column], partitions: Optional[MonthlyPartitions] = None) -> str:
+        lines = [f"  {self.quote(column.name)} {self.types[column.kind]}"
+                 + (" NOT NULL" if partitions is not None and column.name == "start_stamp" else "")
+                 for column in columns]
+        keys = self.key_lines(columns, partitions is not None)
+        if keys[0].startswith(f"  {self.quote('id')} "):  # the id column first, then the rest
+            lines.insert(0, keys.pop(0))
+        lines.extend(keys)
+        return f"CREATE TABLE {self.quote(table)} (\n" + ",\n".join(lines) + "\n)" + self.table_options() + (
+            partitions.table_suffix() if partitions is not None else "")
+
+    def table_options(self) -> str:
+        """What follows CREATE TABLE's closing parenthesis (MySQL's engine and character set)."""
+        return ""
+
+    def indexes_for(self, columns: Sequence[Column]) -> list[Index]:
+        """The recommended indexes (``schema.INDEXES``) whose columns this table has."""
+        names = {column.name for column in columns}
+        return [index for index in INDEXES if all(name in names for name in index.columns)]
+
+    def create_index(self, table: str, index: Index) -> str:
+        columns = ", ".join(self.quote(name) for name in index.columns)
+        return f"CREATE INDEX {self.quote(index.name(table))} ON {self.quote(table)} ({columns})"
+
+    def schema_statements(self, table: str, columns: Sequence[Column],
+                          partitions: Optional[MonthlyPartitions] = None) -> list[str]:
+        """Everything a new table needs: CREATE TABLE (and its partitions), then its indexes."""
+        return ([self.create_table(table, columns, partitions)]
+                + (partitions.create_statements() if partitions is not None else [])
+                + [self.create_index(table, index) for index in self.indexes_for(columns)])
+
+    def create_index_online(self, table: str, index: Index) -> str:
+        """The index, added to a table in use without blocking its writers where the database can."""
+        return self.create_index(table, index)
+
+    def rebuild_statements(self, connection: Any, table: str) -> list[str]:
+        """What an existing table needs that rewrites all of it (the clustered ``id`` key), for the
+        operator to run at a quiet hour: ``schema --apply`` prints these and does not run them."""
+        return []
+
+    def indexes_query(self, table: str) -> Optional[tuple[str, tuple[Any, ...]]]:
+        """A query whose rows are (index name, column name) for every index of ``table``, in the
+        order of each index's columns; ``None`` when the dialect cannot list them."""
+        return None
 
     def add_column(self, table: str, column: Column) -> str:
         return f"ALTER TABLE {self.quote(table)} ADD {self.quote(column.name)} {self.types[column.kind]}"
@@ -57,7 +118,8 @@ class Dialect:
     def upsert(self, table: str, names: Sequence[str]) -> str:
         raise NotImplementedError
 
-    def on_conflict_upsert(self, table: str, names: Sequence[str], incoming: str) -> str:
+    def on_conflict_upsert(self, table: str, names: Sequence[str], incoming: str,
+                           conflict: Sequence[str] = ("uuid",)) -> str:
         """``INSERT ... ON CONFLICT (uuid) DO UPDATE ... WHERE fresher``: PostgreSQL's and SQLite's
         upsert (``incoming`` is how each spells the new row: ``EXCLUDED`` / ``excluded``)."""
         quote = self.quote
@@ -66,7 +128,7 @@ class Dialect:
         updates = ", ".join(f"{quote(name)} = {incoming}.{quote(name)}" for name in names if name != "uuid")
         guard = f" WHERE {self.fresher(quote(table), incoming)}" if "event_seq" in names else ""
         return (f"INSERT INTO {quote(table)} ({columns}) VALUES ({values}) "
-                f"ON CONFLICT ({quote('uuid')}) DO UPDATE SET {updates}{guard}")
+                f"ON CONFLICT ({', '.join(quote(name) for name in conflict)}) DO UPDATE SET {updates}{guard}")
 
     def fresher(self, existing: str, incoming: str) -> str:
         """The condition under which an upsert may replace the stored row: a completed (hangup)
@@ -122,16 +184,30 @@ class SqlSink:
     def __init__(self, dialect: Dialect, config: DatabaseConfig, columns: Sequence[Column], create: bool = True) -> None:
         self.dialect = dialect
         self.config = config
-        self.columns = tuple(columns)
-        self.names = tuple(column.name for column in columns)
-        self.statement = dialect.upsert(config.table, self.names)
-        self._key = self.names.index("uuid")
+        #: every column this configuration writes; ``columns`` and ``names`` are those the table has
+        self.wanted = tuple(columns)
+        self._use(self.wanted)
         self.delete_statement = (f"DELETE FROM {dialect.quote(config.table)} "
                                  f"WHERE {dialect.quote('uuid')} = {dialect.placeholder}")
         self.create = create
         self.connection: Any = None
-        self.bulk_statement = None if config.real else dialect.bulk_insert(config.table, self.names)
         self._bulk_after = 0.0
+        self.partitions = (MonthlyPartitions(dialect, config.table, config.retention_days)
+                           if config.partition == "month" else None)
+        #: the standard columns added since the table was created (``schema.ADDED_COLUMNS``), which it
+        #: is written without
+        self.lacking: tuple[str, ...] = ()
+
+    def _use(self, columns: Sequence[Column]) -> None:
+        """Write these columns: the statements for them."""
+        dialect, config = self.dialect, self.config
+        self.columns = tuple(columns)
+        self.names = tuple(column.name for column in columns)
+        self.statement = dialect.upsert(config.table, self.names)
+        if config.partition and dialect.name == "postgresql":  # the key of a partitioned table (partitions.py)
+            self.statement = dialect.on_conflict_upsert(config.table, self.names, "EXCLUDED", ("uuid", "start_stamp"))
+        self._key = self.names.index("uuid")
+        self.bulk_statement = None if config.real else dialect.bulk_insert(config.table, self.names)
 
     def open(self) -> None:
         try:
@@ -156,7 +232,9 @@ class SqlSink:
         return found
 
     def check_table(self) -> None:
-        """Create the table when it is missing; refuse to start when a configured column is not there."""
+        """Create the table when it is missing; refuse to start when a configured column is not there.
+        A table made before the newer standard columns (``schema.ADDED_COLUMNS``) is written without
+        them, and said so once (``fs-cdr schema --apply`` adds them)."""
         try:
             found = self.existing_columns()
             if not found and self.create:
@@ -164,16 +242,30 @@ class SqlSink:
                 found = self.existing_columns()
         except Exception as error:
             raise self.dialect.classify(error) from error
+        lacking = tuple(column.name for column in self.wanted if column.name not in found and column.name in ADDED_COLUMNS)
+        if lacking != self.lacking or len(self.columns) != len(self.wanted) - len(lacking):
+            if lacking and found:
+                log.warning("table %s (%s) has no column %s (added in a later release): written without them; "
+                            "`fs-cdr schema --apply` adds them", self.config.table, self.config.describe(),
+                            ", ".join(lacking))
+            self.lacking = lacking
+            self._use([column for column in self.wanted if column.name not in lacking])
         missing = [column for column in self.columns if column.name not in found]
+        if not missing and self.partitions is not None:
+            try:
+                self.partitions.maintain(self.connection)
+            except Exception as error:
+                self._rollback()
+                raise self.dialect.classify(error) from error
         if not missing and self.bulk_statement:
             try:
-                lacking = self.dialect.missing_privileges(self.connection, self.config.table)
+                lacking_privileges = self.dialect.missing_privileges(self.connection, self.config.table)
             except Exception as error:
                 raise self.dialect.classify(error) from error
-            if lacking:
+            if lacking_privileges:
                 raise RetriableError(
                     f"permission denied for table {self.config.table}: the upsert needs SELECT, INSERT and UPDATE on "
-                    f"it; the user lacks {' and '.join(lacking)} (docs/security.md)")
+                    f"it; the user lacks {' and '.join(lacking_privileges)} (docs/security.md)")
         if missing:
             fixes = "; ".join(self.dialect.add_column(self.config.table, column) for column in missing)
             raise ConfigError(
@@ -181,13 +273,41 @@ class SqlSink:
                 f"no column {', '.join(column.name for column in missing)} in the table; add it: {fixes}",
             )
 
-    def _create_table(self) -> None:
-        """CREATE TABLE; when that fails, the table may have been created meanwhile by another writer
-        or another switch (PostgreSQL then reports a unique violation in pg_type, the others "already
-        exists"): it is only an error when the table is still missing."""
+    def existing_indexes(self) -> Optional[list[tuple[str, ...]]]:
+        """The columns of each index of the table, in order (``None``: the dialect cannot say)."""
+        query = self.dialect.indexes_query(self.config.table)
+        if query is None:
+            return None
         cursor = self.connection.cursor()
         try:
-            cursor.execute(self.dialect.create_table(self.config.table, self.columns))
+            cursor.execute(*query)
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        self.connection.commit()
+        indexes: dict[str, list[str]] = {}
+        for name, column in rows:
+            indexes.setdefault(str(name), []).append(str(column).lower())
+        return [tuple(columns) for columns in indexes.values()]
+
+    def lacking_indexes(self) -> Optional[list[Index]]:
+        """The recommended indexes (``schema.INDEXES``) the table has nothing as good as: an index
+        whose first columns are the recommended one's. ``None``: the dialect cannot list indexes."""
+        existing = self.existing_indexes()
+        if existing is None:
+            return None
+        wanted = self.dialect.indexes_for(self.wanted)
+        return [index for index in wanted
+                if not any(columns[:len(index.columns)] == index.columns for columns in existing)]
+
+    def _create_table(self) -> None:
+        """CREATE TABLE and its indexes; when that fails, the table may have been created meanwhile by
+        another writer or another switch (PostgreSQL then reports a unique violation in pg_type, the
+        others "already exists"): it is only an error when the table is still missing."""
+        cursor = self.connection.cursor()
+        try:
+            for statement in self.dialect.schema_statements(self.config.table, self.wanted, self.partitions):
+                cursor.execute(statement)
             self.connection.commit()
         except Exception:
             self._rollback()
@@ -200,23 +320,37 @@ class SqlSink:
             cursor.close()
         log.info("created table %s (%s)", self.config.table, self.config.describe())
 
-    def apply_schema(self) -> list[str]:
-        """Create the table, or add the columns it lacks; returns the statements run (``schema --apply``)."""
-        self.connection = self.dialect.connect(self.config, self.config.batch.timeout_s)
+    def apply_schema(self) -> tuple[list[str], list[str]]:
+        """Create the table, or add the columns and indexes it lacks (``schema --apply``): the
+        statements run, and those left to the operator (``Dialect.rebuild_statements``: changes
+        that rewrite the whole table, which this does not do on a live table)."""
+        # an index on a big table takes minutes (and PostgreSQL's CONCURRENTLY waits for every older
+        # transaction first): no statement or read timeout of a writer's here
+        self.connection = self.dialect.connect(self.config, APPLY_TIMEOUT_S)
         found = self.existing_columns()
         if not found:
-            statements = [self.dialect.create_table(self.config.table, self.columns)]
+            statements = self.dialect.schema_statements(self.config.table, self.wanted, self.partitions)
+            left: list[str] = []
         else:
             statements = [self.dialect.add_column(self.config.table, column)
-                          for column in self.columns if column.name not in found]
+                          for column in self.wanted if column.name not in found]
+            lacking = self.lacking_indexes() or []
+            statements += [self.dialect.create_index_online(self.config.table, index) for index in lacking]
+            left = self.dialect.rebuild_statements(self.connection, self.config.table)
         for statement in statements:
+            # PostgreSQL builds an index CONCURRENTLY only outside a transaction
+            outside = "CONCURRENTLY" in statement and hasattr(self.connection, "autocommit")
+            if outside:
+                self.connection.autocommit = True
             cursor = self.connection.cursor()
             try:
                 cursor.execute(statement)
             finally:
                 cursor.close()
-        self.connection.commit()
-        return statements
+                if outside:
+                    self.connection.autocommit = False
+            self.connection.commit()
+        return statements, left
 
     def rows(self, records: Sequence[CallRecord]) -> list[tuple[Any, ...]]:
         """The batch's parameter rows, in uuid order: two writers (or switches) upserting into one
@@ -232,6 +366,8 @@ class SqlSink:
         connection = self.connection
         if connection is None:
             raise RetriableError("not connected")
+        if self.partitions is not None and self.partitions.due():
+            self._maintain()
         removed = [(record["uuid"],) for record in records if record.get("call_state") == REMOVED]
         if removed:
             records = [record for record in records if record.get("call_state") != REMOVED]
@@ -252,6 +388,17 @@ class SqlSink:
         except Exception as error:
             self._rollback()
             raise self.dialect.classify(error) from error
+
+    def _maintain(self) -> None:
+        """Partitions ahead and retention, once an hour; a failure is logged and tried again in an
+        hour: rows dated beyond the partitions go to the catch-all partition meanwhile."""
+        assert self.partitions is not None
+        try:
+            self.partitions.maintain(self.connection)
+        except Exception as error:  # noqa: BLE001 - the batch is written all the same
+            self._rollback()
+            log.warning("table %s (%s): partition upkeep failed, tried again in an hour: %s", self.config.table,
+                        self.config.describe(), error)
 
     def _insert_in_bulk(self, connection: Any, rows: list[tuple[Any, ...]]) -> bool:
         """The batch as new rows in one bulk statement; False when a row was already there."""

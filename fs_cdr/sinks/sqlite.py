@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from ..errors import SinkError
 from .database import DatabaseConfig
@@ -26,7 +26,13 @@ class SQLite(Dialect):
         "int": "INTEGER",
         "number": "REAL",
         "json": "TEXT",
+        # ISO 8601 text in UTC: sorts as time does, and SQLite's date functions read it
+        "stamp": "TEXT",
     }
+
+    def indexes_query(self, table: str) -> Optional[tuple[str, tuple[Any, ...]]]:
+        return ("SELECT l.name, i.name FROM pragma_index_list(?) AS l, pragma_index_info(l.name) AS i "
+                "ORDER BY l.name, i.seqno", (table,))
 
     def upsert(self, table: str, names: Sequence[str]) -> str:
         return self.on_conflict_upsert(table, names, "excluded")

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..errors import ConfigError, SinkError
+from ..schema import Column, Index
 from . import odbc
 from .database import DatabaseConfig
 from .sql import Dialect
@@ -82,6 +83,7 @@ def input_sizes(kinds: Sequence[str]) -> list[tuple[int, int, int]]:
         "long": (pyodbc.SQL_WVARCHAR, 0, 0),
         "json": (pyodbc.SQL_WVARCHAR, 0, 0),
         "int": (pyodbc.SQL_BIGINT, 19, 0),
+        "stamp": (pyodbc.SQL_WVARCHAR, 32, 0),  # ISO text: converted by the server, whatever its language
         "number": (pyodbc.SQL_DOUBLE, 15, 0),
     }
     return [by_kind[kind] for kind in kinds]
@@ -140,7 +142,20 @@ class SqlServer(Dialect):
         "int": "BIGINT",
         "number": "FLOAT",
         "json": "NVARCHAR(MAX)",
+        "stamp": "DATETIME2(3)",
     }
+    clustered = True
+    id_type = "BIGINT IDENTITY(1,1) NOT NULL"
+
+    def key_lines(self, columns: Sequence[Column], partitioned: bool = False) -> list[str]:
+        lines = super().key_lines(columns, partitioned)
+        # say which index holds the rows: SQL Server clusters the primary key unless told otherwise
+        return [line.replace("PRIMARY KEY (", "PRIMARY KEY CLUSTERED (").replace("UNIQUE (", "UNIQUE NONCLUSTERED (")
+                for line in lines]
+
+    def create_index_online(self, table: str, index: Index) -> str:
+        # ONLINE = ON: Enterprise edition (and Azure SQL); other editions refuse it and need the plain form
+        return self.create_index(table, index) + " WITH (ONLINE = ON)"
 
     def __init__(self) -> None:
         #: Upsert statement -> its column names, for the parameter types of :class:`ArrayCursor`.

@@ -1,0 +1,299 @@
+"""What a load run in a real FreeSWITCH needs beside the switch itself (tests/live_switch.py): the
+event stream as FreeSWITCH delivered it, a table's rows as fs_cdr left them, and how the two compare.
+
+Used by tests/test_freeswitch_realtime_load.py and bench/realtime_load.py.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from live_switch import LiveSwitch
+
+from fs_cdr.channel import decode_event
+from fs_cdr.esl import EventSocket
+from fs_cdr.realtime import COMPLETED, STATES
+
+#: The channel events tools/record_scenarios.py records (and tests/events/ holds).
+EVENTS = ("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_HANGUP",
+          "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA")
+#: The two-leg call of bench/switch_cost.py: a null/ leg running extension 4299, which bridges it to an
+#: auto-answering null/ leg and hangs up a second later (tests/freeswitch/default_fs_cdr_load.xml).
+ORIGINATE = "originate {null_auto_answer_delay=0}null/bench 4299 XML default"
+
+SQL_TARGETS: dict[str, dict[str, Any]] = {
+    "mariadb": {"dbtype": "mysql", "connectionstring": "127.0.0.1,3306@test", "username": "root"},
+    "postgresql": {"dbtype": "pgsql", "connectionstring": "127.0.0.1,5432@test", "username": "postgres"},
+}
+#: Columns that differ between two runs of the same calls: uuids (the leg's, its peer's, the
+#: FreeSWITCH process's), times and what is counted from them, the global Event-Sequence, and
+#: ``details``: which variables a leg has varies between two hangup-only runs of the same calls
+#: (``bridge_hangup_cause``, ``last_bridge_role``, ``last_sent_callee_id_*`` depend on which thread
+#: wins a race), so across runs it is only checked to be there; tests/test_freeswitch_realtime_load.py
+#: compares it exactly, against a hangup-only table fed by the same FreeSWITCH.
+RUN_DEPENDENT = frozenset(("uuid", "call_uuid", "bridge_uuid", "originator", "core_uuid", "start_epoch", "answer_epoch",
+                           "end_epoch", "duration", "billsec", "event_seq", "details"))
+
+
+#: The harness's listeners (event socket, SIP internal and external profiles), all on 127.0.0.1.
+HARNESS_PORTS = (8021, 5060, 5080)
+
+
+def ports_taken() -> list[int]:
+    """The harness's ports something already listens on (another FreeSWITCH: then fs_cli would reach it)."""
+    taken = []
+    for port in HARNESS_PORTS:
+        with socket.socket() as probe:
+            probe.settimeout(1.0)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                taken.append(port)
+    return taken
+
+
+def start_own(live: LiveSwitch, wait_s: float = 1800.0) -> None:
+    """Start ``live`` once no other FreeSWITCH holds the harness's ports, and make sure the switch that
+    answers on them is this one: its fs_cdr runs this run's cdr.json."""
+    deadline = time.time() + wait_s
+    while ports_taken():
+        if time.time() > deadline:
+            raise RuntimeError(f"ports {ports_taken()} stayed taken by a FreeSWITCH that is not ours")
+        time.sleep(5)
+    live.start()
+    mine = str(live.cdr_path)
+    if not live.wait_until(lambda: (fs_cdr_status(live) or {}).get("config") == mine, 20):
+        live.kill()
+        raise RuntimeError(f"the FreeSWITCH answering on 8021 does not run {mine}: {fs_cdr_status(live)}")
+
+
+def connect(kind: str) -> Any:
+    """An autocommit connection: each SELECT sees what is committed at that moment."""
+    if kind == "mariadb":
+        import MySQLdb
+
+        connection = MySQLdb.connect(host="127.0.0.1", port=3306, user="root", db="test", charset="utf8mb4")
+        connection.autocommit(True)
+        return connection
+    import psycopg
+
+    return psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", autocommit=True)
+
+
+def read_rows(kind: str, table: str) -> list[dict[str, Any]]:
+    """Every row of ``table``, ``details`` as a dict."""
+    connection = connect(kind)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"SELECT * FROM {table}")
+        names = [description[0] for description in cursor.description]
+        found = [dict(zip(names, row)) for row in cursor.fetchall()]
+    finally:
+        connection.close()
+    for row in found:
+        if isinstance(row.get("details"), (str, bytes)):
+            row["details"] = json.loads(row["details"])
+    return found
+
+
+def drop(kind: str, table: str) -> None:
+    connection = connect(kind)
+    try:
+        connection.cursor().execute(f"DROP TABLE IF EXISTS {table}")
+    finally:
+        connection.close()
+
+
+def sessions_created(live: LiveSwitch) -> int:
+    """FreeSWITCH's own count of the sessions (legs) it created since it started (``status``)."""
+    found = re.search(r"(\d+) session\(s\) since startup", live.api("status"))
+    return int(found.group(1)) if found else -1
+
+
+def fs_cdr_status(live: LiveSwitch) -> dict[str, Any] | None:
+    try:
+        return json.loads(live.api("python fs_cdr status json"))
+    except ValueError:
+        return None
+
+
+def everything_built(live: LiveSwitch, legs: int) -> bool:
+    """fs_cdr built a final record for each of ``legs`` and holds none in its queues."""
+    status = fs_cdr_status(live)
+    return status is not None and status["records"] >= legs and all(sink["queued"] == 0 for sink in status["sinks"])
+
+
+def comparable(rows: Iterable[dict[str, Any]]) -> Counter:
+    """The rows as a multiset of their run-independent columns."""
+    return Counter(tuple(sorted((name, value) for name, value in row.items() if name not in RUN_DEPENDENT))
+                   for row in rows)
+
+
+def difference(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> str:
+    """'' when ``rows`` equal ``reference`` in their run-independent columns, else what differs."""
+    ours, theirs = comparable(rows), comparable(reference)
+    if ours == theirs:
+        return ""
+    extra, missing = ours - theirs, theirs - ours
+    text = f"{sum(extra.values())} rows unlike the reference's, {sum(missing.values())} of its rows not found"
+    if extra and missing:
+        mine, other = dict(next(iter(extra))), dict(next(iter(missing)))
+        changed = {name: (mine.get(name), other.get(name)) for name in mine.keys() | other.keys()
+                   if mine.get(name) != other.get(name)}
+        text += f" (e.g. {changed})"
+    return text
+
+
+def incomplete(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that are not a final record with its details."""
+    return [row for row in rows if row.get("call_state") != COMPLETED or not row.get("details")]
+
+
+class EventCapture(EventSocket):
+    """Every channel event FreeSWITCH sends one event-socket listener, in its order. A thread only
+    receives the bytes while calls run (a listener that falls behind would have its events dropped
+    by FreeSWITCH); they are parsed when the capture stops."""
+
+    def __init__(self, events: Iterable[str] = EVENTS) -> None:
+        super().__init__()
+        self.subscribe(*events)
+        self._chunks: list[tuple[float, bytes]] = []
+        #: time.time() each event of the last stop() had arrived (its last byte), in their order
+        self.arrivals: list[float] = []
+        self._stopping = threading.Event()
+        #: time.time() of the last bytes received
+        self.last_received = time.time()
+        self._thread = threading.Thread(target=self._receive, name="event-capture", daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stopping.is_set():
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.last_received = time.time()
+            self._chunks.append((self.last_received, chunk))
+
+    def stop(self, quiet_s: float = 1.0, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        """Once nothing came for ``quiet_s``: the events received, decoded, in their order."""
+        deadline = time.time() + timeout_s
+        while time.time() - self.last_received < quiet_s and time.time() < deadline:
+            time.sleep(0.1)
+        self._stopping.set()
+        self._thread.join()
+        self.close()
+        ends, total = [], len(self._buffer)
+        for _moment, chunk in self._chunks:
+            total += len(chunk)
+            ends.append(total)
+        self._buffer += b"".join(chunk for _moment, chunk in self._chunks)
+        events: list[dict[str, Any]] = []
+        self.arrivals = []
+        while True:
+            message = self._parse()
+            if message is None:
+                self._chunks = []
+                return events
+            headers, body = message
+            if headers.get("Content-Type") == "text/event-json":
+                events.append(decode_event(body))
+                consumed = total - len(self._buffer)
+                index = bisect.bisect_left(ends, consumed)
+                self.arrivals.append(self._chunks[min(index, len(self._chunks) - 1)][0] if self._chunks else 0.0)
+
+
+def late_hangup_legs(events: list[dict[str, Any]]) -> list[str]:
+    """Legs whose CHANNEL_HANGUP came after their CHANNEL_HANGUP_COMPLETE, in the order received."""
+    completed: set[str] = set()
+    late = []
+    for event in events:
+        name, uuid = event.get("Event-Name"), str(event.get("Unique-ID"))
+        if name == "CHANNEL_HANGUP_COMPLETE":
+            completed.add(uuid)
+        elif name == "CHANNEL_HANGUP" and uuid in completed:
+            late.append(uuid)
+    return late
+
+
+class RowWatcher:
+    """Polls a table's (uuid, event_seq, call_state) every ``period_s`` and notes when each row changed:
+    the moment a state became visible to a reader, to within one poll."""
+
+    def __init__(self, kind: str, table: str, period_s: float = 0.01) -> None:
+        self.kind, self.table, self.period_s = kind, table, period_s
+        #: uuid -> [(time.time(), event_seq, call_state)], one entry per change seen
+        self.history: dict[str, list[tuple[float, int | None, str]]] = {}
+        self.polls = 0
+        self.poll_s = 0.0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="row-watcher", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        connection = connect(self.kind)
+        cursor = connection.cursor()
+        seen: dict[str, tuple[int | None, str]] = {}
+        first = time.time()
+        while not self._stopping.is_set():
+            before = time.time()
+            try:
+                cursor.execute(f"SELECT uuid, event_seq, call_state FROM {self.table}")
+                found = cursor.fetchall()
+            except Exception:  # noqa: BLE001 - the table is created by fs_cdr once it starts
+                found = []
+            after = time.time()
+            moment = (before + after) / 2
+            for uuid, seq, state in found:
+                if seen.get(uuid) != (seq, state):
+                    seen[uuid] = (seq, state)
+                    self.history.setdefault(uuid, []).append((moment, seq, state))
+            self.polls += 1
+            self._stopping.wait(self.period_s)
+        self.poll_s = (time.time() - first) / max(self.polls, 1)
+        connection.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+
+def state_lags(events: list[dict[str, Any]], history: dict[str, list[tuple[float, int | None, str]]]
+               ) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
+    """For each state change fs_cdr writes (an event of realtime.STATES, or CHANNEL_HANGUP_COMPLETE):
+    seconds from its Event-Date-Timestamp to the first moment its row showed that state or a later
+    one (an event_seq at least its own, or the final record), with the event's name; and the events
+    whose row never did."""
+    lags: list[tuple[str, float]] = []
+    never = []
+    for event in events:
+        name = str(event.get("Event-Name"))
+        if name not in STATES and name != "CHANNEL_HANGUP_COMPLETE":
+            continue
+        sequence = int(event["Event-Sequence"])
+        fired = int(event["Event-Date-Timestamp"]) / 1e6
+        for moment, seq, state in history.get(event["Unique-ID"], ()):
+            if state == COMPLETED or (name != "CHANNEL_HANGUP_COMPLETE" and seq is not None and seq >= sequence):
+                lags.append((name, moment - fired))
+                break
+        else:
+            never.append(event)
+    return lags, never
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import re
 import socket
 import threading
@@ -16,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from live_switch import LiveSwitch
+from live_switch import FS_BIN, LiveSwitch
 
 from fs_cdr.channel import decode_event
 from fs_cdr.esl import EventSocket
@@ -58,19 +59,60 @@ def ports_taken() -> list[int]:
     return taken
 
 
-def start_own(live: LiveSwitch, wait_s: float = 1800.0) -> None:
-    """Start ``live`` once no other FreeSWITCH holds the harness's ports, and make sure the switch that
-    answers on them is this one: its fs_cdr runs this run's cdr.json."""
+def start_own(live: LiveSwitch, wait_s: float = 1800.0, quiet_s: float = 20.0) -> None:
+    """Start ``live`` once no other FreeSWITCH of the harness's binary has run for ``quiet_s`` (a test
+    suite starts one switch after another: the gap between two is no time to start), and make sure
+    the switch that answers on the ports is this one: its fs_cdr runs this run's cdr.json."""
     deadline = time.time() + wait_s
-    while ports_taken():
-        if time.time() > deadline:
-            raise RuntimeError(f"ports {ports_taken()} stayed taken by a FreeSWITCH that is not ours")
-        time.sleep(5)
+    free_since = time.time()
+    while time.time() - free_since < quiet_s:
+        if ports_taken() or other_switches(0):
+            if time.time() > deadline:
+                raise RuntimeError(f"another FreeSWITCH kept the harness's ports: {sorted(other_switches(0))}")
+            free_since = time.time()
+        time.sleep(1)
     live.start()
     mine = str(live.cdr_path)
     if not live.wait_until(lambda: (fs_cdr_status(live) or {}).get("config") == mine, 20):
         live.kill()
         raise RuntimeError(f"the FreeSWITCH answering on 8021 does not run {mine}: {fs_cdr_status(live)}")
+
+
+def other_switches(mine: int) -> set[int]:
+    """Other processes of the harness's FreeSWITCH binary: they would compete for its ports."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != mine:
+            try:
+                if os.readlink(f"/proc/{entry}/exe") == str(FS_BIN):
+                    found.add(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+class SwitchWatch:
+    """Notes every other FreeSWITCH of the harness's binary seen while a run lasts: another session's
+    switch started meanwhile could not bind the ports, and would send its commands to ours."""
+
+    def __init__(self, mine: int, period_s: float = 1.0) -> None:
+        self.mine, self.period_s = mine, period_s
+        self.seen: set[int] = set()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="switch-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            self.seen |= other_switches(self.mine)
+            if self._stopping.wait(self.period_s):
+                return
+
+    def stop(self) -> set[int]:
+        self._stopping.set()
+        self._thread.join()
+        self.seen |= other_switches(self.mine)
+        return self.seen
 
 
 def connect(kind: str) -> Any:
@@ -136,18 +178,48 @@ def comparable(rows: Iterable[dict[str, Any]]) -> Counter:
 
 
 def difference(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> str:
-    """'' when ``rows`` equal ``reference`` in their run-independent columns, else what differs."""
+    """'' when ``rows`` equal ``reference`` in their run-independent columns, else which rows differ:
+    each kind of row found on one side only, by the columns where it is unlike its leg's usual row."""
     ours, theirs = comparable(rows), comparable(reference)
     if ours == theirs:
         return ""
+    usual: dict[Any, dict[str, Any]] = {}
+    for key, _count in (ours + theirs).most_common():
+        usual.setdefault(dict(key).get("leg"), dict(key))
+
+    def unusual(key: tuple) -> dict[str, Any]:
+        values = dict(key)
+        common = usual[values.get("leg")]
+        return {"leg": values.get("leg"), **{name: value for name, value in values.items() if value != common.get(name)}}
+
     extra, missing = ours - theirs, theirs - ours
-    text = f"{sum(extra.values())} rows unlike the reference's, {sum(missing.values())} of its rows not found"
-    if extra and missing:
-        mine, other = dict(next(iter(extra))), dict(next(iter(missing)))
-        changed = {name: (mine.get(name), other.get(name)) for name in mine.keys() | other.keys()
-                   if mine.get(name) != other.get(name)}
-        text += f" (e.g. {changed})"
-    return text
+    parts = [f"{count} x {unusual(key)} only here" for key, count in extra.items()]
+    parts += [f"{count} x {unusual(key)} only in the reference" for key, count in missing.items()]
+    return "; ".join(parts)
+
+
+def _as_number(value: Any) -> Any:
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def unlike_own_details(rows: Iterable[dict[str, Any]]) -> list[tuple[str, str, Any, Any]]:
+    """Columns of a row that disagree with the channel variables in its own ``details`` (which only the
+    final record, built from CHANNEL_HANGUP_COMPLETE, carries): a row mixing an update into its final
+    record shows here. (uuid, column, column's value, the variable's)."""
+    out = []
+    for row in rows:
+        details = row.get("details") or {}
+        expected = {
+            "uuid": details.get("uuid"), "hangup_cause": details.get("hangup_cause"),
+            "billsec": _as_number(details.get("billsec")), "duration": _as_number(details.get("duration")),
+            "start_epoch": _as_number(details.get("start_epoch")), "end_epoch": _as_number(details.get("end_epoch")),
+            "answer_epoch": _as_number(details.get("answer_epoch")) or None,
+            "bridge_uuid": details.get("bridge_uuid") or details.get("last_bridge_to"),
+        }
+        for column, value in expected.items():
+            if row.get(column) != value:
+                out.append((str(row.get("uuid")), column, row.get(column), value))
+    return out
 
 
 def incomplete(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

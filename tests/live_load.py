@@ -266,24 +266,39 @@ class EventCapture(EventSocket):
         self._stopping.set()
         self._thread.join()
         self.close()
-        ends, total = [], len(self._buffer)
-        for _moment, chunk in self._chunks:
+        arrivals, pieces, total = [], [self._buffer], len(self._buffer)
+        for moment, chunk in self._chunks:
+            pieces.append(chunk)
             total += len(chunk)
-            ends.append(total)
-        self._buffer += b"".join(chunk for _moment, chunk in self._chunks)
+            arrivals.append((total, moment))
+        self._chunks, self._buffer = [], b""
+        events, self.arrivals = self._messages(b"".join(pieces), arrivals)
+        return events
+
+    @staticmethod
+    def _messages(data: bytes, arrivals: list[tuple[int, float]]) -> tuple[list[dict[str, Any]], list[float]]:
+        """The events in ``data`` (event-socket messages: headers, a blank line, Content-Length bytes),
+        and when each had arrived whole, from (bytes received so far, time.time()) per chunk. One pass:
+        EventSocket._parse copies what remains after each message, quadratic over a burst's 100 MB."""
+        ends = [end for end, _moment in arrivals]
         events: list[dict[str, Any]] = []
-        self.arrivals = []
+        moments: list[float] = []
+        position = 0
         while True:
-            message = self._parse()
-            if message is None:
-                self._chunks = []
-                return events
-            headers, body = message
-            if headers.get("Content-Type") == "text/event-json":
-                events.append(decode_event(body))
-                consumed = total - len(self._buffer)
-                index = bisect.bisect_left(ends, consumed)
-                self.arrivals.append(self._chunks[min(index, len(self._chunks) - 1)][0] if self._chunks else 0.0)
+            head_end = data.find(b"\n\n", position)
+            if head_end < 0:
+                return events, moments
+            headers = dict(line.partition(":")[::2] for line in
+                           data[position:head_end].decode("utf-8", "replace").splitlines())
+            length = int(headers.get("Content-Length", "0").strip() or 0)
+            body_end = head_end + 2 + length
+            if body_end > len(data):
+                return events, moments
+            if headers.get("Content-Type", "").strip() == "text/event-json":
+                events.append(decode_event(data[head_end + 2:body_end]))
+                index = bisect.bisect_left(ends, body_end)
+                moments.append(arrivals[min(index, len(arrivals) - 1)][1] if arrivals else 0.0)
+            position = body_end
 
 
 def late_hangup_legs(events: list[dict[str, Any]]) -> list[str]:

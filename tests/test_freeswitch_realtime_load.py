@@ -50,11 +50,12 @@ def test_every_leg_of_a_real_time_burst_ends_as_its_hangup_only_row(tmp_path, ki
         for _ in range(CALLS):
             socket.sock.sendall(f"bgapi {ORIGINATE}\n\n".encode())
         assert live.wait_until(lambda: live.api("show channels count").strip().startswith("0 total"), 120, 0.5)
-        assert live.wait_until(lambda: everything_built(live, legs), 60, 0.5), fs_cdr_status(live)
+        # at load FreeSWITCH may fail to create a b-leg (its originate fails): every leg it did create counts
+        sessions = sessions_created(live)
+        assert live.wait_until(lambda: everything_built(live, sessions), 60, 0.5), fs_cdr_status(live)
         assert "+OK" in live.api("python fs_cdr flush")
         events = capture.stop()
         socket.close()
-        sessions = sessions_created(live)
         status = fs_cdr_status(live)
     finally:
         live.shutdown()
@@ -66,17 +67,17 @@ def test_every_leg_of_a_real_time_burst_ends_as_its_hangup_only_row(tmp_path, ki
         drop(kind, hangup_only)
     created = {event["Unique-ID"] for event in events if event["Event-Name"] == "CHANNEL_CREATE"}
     # FreeSWITCH's own count of the legs it created, its events, and the rows agree
-    assert sessions == len(created) == legs, (sessions, len(created))
+    assert sessions == len(created) and legs - 10 <= sessions <= legs, (sessions, len(created))
     assert set(rows) == set(expected) == created
     assert not incomplete(list(rows.values())), incomplete(list(rows.values()))[:3]
     for uuid, row in rows.items():
         assert row == expected[uuid], uuid  # every column, details included
-    assert status is not None and status["records"] == legs
+    assert status is not None and status["records"] == sessions
     for sink in status["sinks"]:
         assert (sink["spooled"], sink["replayed"], sink["rejected"], sink["journaled"]) == (0, 0, 0, 0), sink
-        assert sink["written"] >= legs, sink
+        assert sink["written"] >= sessions, sink
     assert "Cannot queue any more events" not in live.log_text()
     late = late_hangup_legs(events)
-    print(f"\n{kind}: {legs} legs, {len(late)} with CHANNEL_HANGUP after CHANNEL_HANGUP_COMPLETE at the listener, "
+    print(f"\n{kind}: {sessions} legs, {len(late)} with CHANNEL_HANGUP after CHANNEL_HANGUP_COMPLETE at the listener, "
           f"{status['stale_updates']} stale updates kept from the sinks by fs_cdr; "
           f"{sum(sink['conflicts'] for sink in status['sinks'])} deadlocks retried")

@@ -16,7 +16,7 @@ import statistics
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from live_switch import LiveSwitch, missing_reason
 from processes import processes
@@ -31,7 +31,7 @@ def _worker_cpu(live: LiveSwitch) -> float:
     return sum(entry.cpu_s for entry in processes() if entry.parent == live.process.pid)
 
 
-def _drive(live: LiveSwitch, calls: int, settled: Optional[Callable[[], bool]] = None,
+def _drive(live: LiveSwitch, calls: int, settled: Callable[[], bool] | None = None,
            settle_s: float = 60.0) -> tuple[float, float, float]:
     """Calls/s, FreeSWITCH CPU seconds and its workers' CPU seconds, from the first originate until
     every channel is gone and fs_cdr has written what it holds (``settled``, when given, says so;

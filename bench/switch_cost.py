@@ -16,7 +16,7 @@ import statistics
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from live_switch import LiveSwitch, missing_reason
 from processes import processes
@@ -30,9 +30,11 @@ def _worker_cpu(live: LiveSwitch) -> float:
     return sum(entry.cpu_s for entry in processes() if entry.parent == live.process.pid)
 
 
-def _drive(live: LiveSwitch, calls: int) -> tuple[float, float, float]:
+def _drive(live: LiveSwitch, calls: int, settled: Callable[[], bool] | None = None,
+           settle_s: float = 60.0) -> tuple[float, float, float]:
     """Calls/s, FreeSWITCH CPU seconds and its workers' CPU seconds, from the first originate until
-    every channel is gone and fs_cdr has written what it holds."""
+    every channel is gone and fs_cdr has written what it holds (``settled``, when given, says so;
+    by default no sink has anything queued)."""
     live.api("fsctl loglevel err")
     live.api("fsctl sps 5000")
     time.sleep(1)
@@ -45,8 +47,10 @@ def _drive(live: LiveSwitch, calls: int) -> tuple[float, float, float]:
     while not live.api("show channels count").strip().startswith("0 total"):
         time.sleep(0.2)
     elapsed = time.time() - started - 1.0  # the last calls talk for a second
-    if live.fs_cdr:
-        live.wait_until(lambda: '"queued":0' in live.api("python fs_cdr status json").replace(" ", ""), 60)
+    if settled is not None:
+        live.wait_until(settled, settle_s)
+    elif live.fs_cdr:
+        live.wait_until(lambda: '"queued":0' in live.api("python fs_cdr status json").replace(" ", ""), settle_s)
     cpu = live.cpu_seconds() - cpu_before
     workers = _worker_cpu(live) - workers_before
     socket.close()

@@ -297,9 +297,11 @@ class LiveSwitch:
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"FreeSWITCH exited with {self.process.returncode}; see {self.log_dir}")
-            if "is ready" in self.api("status", timeout_s=3):
+            # ready, and it is this instance that answers on this instance's port
+            if "is ready" in self.api("status", timeout_s=3) and str(self.conf) in self.api("global_getvar conf_dir"):
                 return
             time.sleep(0.3)
+        self.kill()  # never leave a half-started switch holding its ports
         raise RuntimeError("FreeSWITCH did not become ready")
 
     def api(self, command: str, timeout_s: float = 30.0) -> str:

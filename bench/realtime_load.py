@@ -162,7 +162,7 @@ def attempt(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.
     watcher: RowWatcher | None = None
     try:
         if pace:
-            capture, watcher = EventCapture(), RowWatcher(kind, table)
+            capture, watcher = EventCapture(live), RowWatcher(kind, table)
             run.rate, run.fs_cpu, run.worker_cpu = _paced(live, calls, pace, legs)
         else:
             run.rate, run.fs_cpu, run.worker_cpu = _drive(live, calls, settled=lambda: everything_built(live, legs))

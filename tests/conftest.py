@@ -78,6 +78,8 @@ EXPECTED_ROWS = {
     "live_dialer_unanswered": 1,
     "live_transfer": 2,
     "live_gateway_busy": 2,
+    # 3 calls of a 2,000-call burst whose a-leg's CHANNEL_HANGUP came after its CHANNEL_HANGUP_COMPLETE
+    "live_late_hangup": 6,
 }
 TOTAL_ROWS = sum(EXPECTED_ROWS.values())
 SCENARIOS = sorted(os.path.basename(path)[: -len(".jsonl")] for path in glob.glob(os.path.join(EVENTS_DIR, "*.jsonl")))

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from live_switch import FS_BIN, LiveSwitch
+from live_switch import ESL_PASSWORD, FS_BIN, LiveSwitch
 
 from fs_cdr.channel import decode_event
 from fs_cdr.esl import EventSocket
@@ -124,6 +124,7 @@ def read_rows(kind: str, table: str) -> list[dict[str, Any]]:
     finally:
         connection.close()
     for row in found:
+        row.pop("id", None)  # MySQL's clustered key: the order rows were inserted, not the record's
         if isinstance(row.get("details"), (str, bytes)):
             row["details"] = json.loads(row["details"])
     return found
@@ -217,8 +218,8 @@ class EventCapture(EventSocket):
     receives the bytes while calls run (a listener that falls behind would have its events dropped
     by FreeSWITCH); they are parsed when the capture stops."""
 
-    def __init__(self, events: Iterable[str] = EVENTS) -> None:
-        super().__init__()
+    def __init__(self, live: LiveSwitch, events: Iterable[str] = EVENTS) -> None:
+        super().__init__(port=live.esl_port, password=ESL_PASSWORD)
         self.subscribe(*events)
         self._chunks: list[tuple[float, bytes]] = []
         #: time.time() each event of the last stop() had arrived (its last byte), in their order

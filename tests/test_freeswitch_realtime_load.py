@@ -42,7 +42,7 @@ def test_every_leg_of_a_real_time_burst_ends_as_its_hangup_only_row(tmp_path, ki
     legs = 2 * CALLS
     try:
         live.api("fsctl loglevel warning")
-        capture = EventCapture()
+        capture = EventCapture(live)
         socket = live.event_socket()
         for _ in range(CALLS):
             socket.sock.sendall(f"bgapi {ORIGINATE}\n\n".encode())

@@ -225,3 +225,30 @@ def test_redis_lists_each_final_once_and_publishes_it_last(tmp_path, engines, ta
         pubsub.close()
         client.delete(key)
 
+
+
+def test_the_recorded_late_hangup_as_freeswitch_delivered_it(sql_kind, table_name, tmp_path, engines) -> None:
+    """live_late_hangup: calls of a real 2,000-call burst whose legs' CHANNEL_HANGUP reached the event
+    socket after their CHANNEL_HANGUP_COMPLETE, in FreeSWITCH's own order, all in one batch."""
+    events = channel_events("live_late_hangup")
+    completed: set[str] = set()
+    late = []
+    for event in events:
+        if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE":
+            completed.add(event["Unique-ID"])
+        elif event["Event-Name"] == "CHANNEL_HANGUP" and event["Unique-ID"] in completed:
+            late.append(event["Unique-ID"])
+    assert late, "the recording shows no late CHANNEL_HANGUP"
+    expected = _hangup_only_rows(sql_kind, tmp_path, table_name + "_h", events)
+    try:
+        engine = engines(make_config({"cdr": {"details": True, "database": dict(
+            database_entry(sql_kind, table_name, tmp_path), real=True)}}, tmp_path))
+        for event in events:
+            engine.handle(event)
+        assert engine.flush(10)
+        found = {row["uuid"]: row for row in rows(sql_kind, tmp_path, table_name)}
+        assert found == expected and set(late) <= set(found)
+        assert all(row["call_state"] == COMPLETED and row["details"] for row in found.values())
+        assert engine.status()["stale_updates"] >= len(late)  # each late update kept from the table
+    finally:
+        drop_table(sql_kind, tmp_path, table_name + "_h")

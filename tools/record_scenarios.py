@@ -91,7 +91,7 @@ def record_late_hangup(out: Path, bursts: int, calls: int = 2000) -> int:
                 live.api("fsctl loglevel err")
                 live.api("fsctl sps 5000")
                 time.sleep(1)
-                capture = EventCapture(EVENTS.split())
+                capture = EventCapture(live, EVENTS.split())
                 socket = live.event_socket()
                 for _ in range(calls):
                     socket.sock.sendall(f"bgapi {ORIGINATE}\n\n".encode())

@@ -159,7 +159,9 @@ def line_encoder(settings: FileConfig, config: CdrConfig) -> Callable[[CallRecor
             return str(record["uuid"]), record_json(record) + b"\n"
 
         return jsonl
-    columns = {column.name for column in table_columns(config)} - {"details"}
+    # what FreeSWITCH resolves from its channel variables is read from them (details), as mod_cdr_csv
+    # does: the table's UTC millisecond stamps are not the local-time start_stamp of a Master.csv
+    columns = {column.name for column in table_columns(config)} - {"details"} - VARIABLE_NAMES
     parts = parse_template(settings.template, "cdr.file.template", VARIABLE, "variable name")
     literals = [literal.replace("{", "{{").replace("}", "}}") for literal in parts[0::2]]
     names = list(parts[1::2])
@@ -210,6 +212,8 @@ _UNREAD: Any = object()
 #: the same. ``bleg_uuid`` is the b-leg an a-leg originated; fs_cdr has the party it was bridged to,
 #: which is that b-leg on every answered call (a b-leg that never answered leaves it empty here).
 PROFILE_NAMES = {"bleg_uuid": "bridge_uuid"}
+#: Columns whose name is also a channel variable with another meaning: templates get the variable.
+VARIABLE_NAMES = frozenset(("start_stamp", "answer_stamp", "end_stamp"))
 
 
 def detail_variable(details: str, keys: tuple[str, str]) -> Any:

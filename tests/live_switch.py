@@ -43,6 +43,31 @@ def missing_reason() -> Optional[str]:
     return None
 
 
+def module_missing(name: str) -> Optional[str]:
+    """Why a scenario needing FreeSWITCH's ``name`` (mod_callcenter, mod_voicemail) cannot run, or None."""
+    if not (FS_PREFIX / "mod" / f"{name}.so").exists():
+        return f"FreeSWITCH at {FS_PREFIX} was built without {name}"
+    return None
+
+
+#: The harness's listeners: the event socket and sofia's internal and external profiles.
+PORTS = (8021, 5060, 5080)
+
+
+def listener_pids(port: int) -> set[int]:
+    """The processes listening on 127.0.0.1:``port`` (TCP), as ``ss`` shows them."""
+    try:
+        found = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", found)}
+
+
+def ports_taken() -> dict[int, set[int]]:
+    """The harness's ports some process already listens on (another harness FreeSWITCH), by port."""
+    return {port: pids for port in PORTS if (pids := listener_pids(port))}
+
+
 def ensure_drivers() -> Path:
     """pip-install fs_cdr's pinned drivers for /usr/bin/python3 into .fs-site (once per pyproject)."""
     stamp = DRIVERS / ".pyproject"
@@ -147,10 +172,24 @@ class LiveSwitch:
             # asked for (the benchmark compares them): loaded, whether or not the installed copy loads it
             if not re.search(rf'^\s*<load module="{module}"/>', modules, flags=re.MULTILINE):
                 modules = modules.replace("</modules>", f'  <load module="{module}"/>\n  </modules>', 1)
+        # mod_callcenter and mod_voicemail, where built, loaded whatever the installed copy says; the
+        # queues and agents the call-center scenarios use replace the installed callcenter.conf.xml
+        for module in ("mod_callcenter", "mod_voicemail"):
+            if module_missing(module) is None and not re.search(rf'^\s*<load module="{module}"/>', modules,
+                                                                 flags=re.MULTILINE):
+                modules = modules.replace("</modules>", f'  <load module="{module}"/>\n  </modules>', 1)
         (self.conf / "autoload_configs/modules.conf.xml").write_text(modules)
+        if module_missing("mod_callcenter") is None:
+            shutil.copy(HERE / "callcenter_fs_cdr.xml", self.conf / "autoload_configs/callcenter.conf.xml")
 
     # -- process -----------------------------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> None:
+        # Only one harness FreeSWITCH fits these ports: started beside another, this one could not
+        # listen, and every fs_cli command (a shutdown too) would reach the other one.
+        taken = ports_taken()
+        if taken:
+            raise RuntimeError(f"another FreeSWITCH already listens on the harness's ports {taken}: "
+                               "wait until it has stopped")
         args = [str(FS_BIN), "-nc", "-nf", "-nonat", "-nonatmap",
                 "-conf", str(self.conf), "-log", str(self.log_dir), "-db", str(self.root / "db"),
                 "-run", str(self.root / "run"), "-scripts", str(self.scripts), "-storage", str(self.root / "storage"),
@@ -163,6 +202,9 @@ class LiveSwitch:
             if self.process.poll() is not None:
                 raise RuntimeError(f"FreeSWITCH exited with {self.process.returncode}; see {self.log_dir}")
             if "is ready" in self.api("status", timeout_s=3):
+                if self.process.pid not in listener_pids(8021):
+                    self.kill()
+                    raise RuntimeError("the event socket on port 8021 is not this FreeSWITCH's")
                 return
             time.sleep(0.3)
         raise RuntimeError("FreeSWITCH did not become ready")
@@ -179,6 +221,9 @@ class LiveSwitch:
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """``fsctl shutdown``, as an operator stops FreeSWITCH; then wait for the process to end."""
         if self.process is None:
+            return
+        if self.process.pid not in listener_pids(8021):
+            self.kill()  # the event socket is not ours: a shutdown sent there would stop another switch
             return
         self.api("fsctl shutdown", timeout_s=5)
         try:

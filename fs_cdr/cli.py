@@ -96,7 +96,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
     if args.apply:
         columns = table_columns(config)
         for database in config.databases:
-            sink = SqlSink(dialect_for(database.dbtype, database), database, columns)
+            sink = SqlSink(dialect_for(database.dbtype, database), database, columns,
+                           calls_table=config.calls_table)
             try:
                 statements = sink.apply_schema()
             finally:

@@ -69,7 +69,13 @@ def table_columns(config: CdrConfig) -> tuple[Column, ...]:
     columns = list(STANDARD_COLUMNS)
     if config.details:
         columns.append(DETAILS)
+    extended: frozenset[str] = frozenset()
+    if config.extended:
+        from .outcome import EXTENDED_COLUMNS, EXTENDED_NAMES
+
+        columns.extend(EXTENDED_COLUMNS)
+        extended = EXTENDED_NAMES
     for spec in config.fields:
-        if spec.column not in STANDARD_NAMES:
+        if spec.column not in STANDARD_NAMES and spec.column not in extended:
             columns.append(Column(spec.column, "number" if spec.numeric else "long", f"fields: {spec.source}"))
     return tuple(columns)

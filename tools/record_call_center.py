@@ -19,15 +19,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from live_switch import FS_CLI, PASSWORD, LiveSwitch, module_missing  # noqa: E402
+from live_switch import FS_CLI, PASSWORD, LiveSwitch, module_missing
 
-from fs_cdr.channel import dumps  # noqa: E402
-from fs_cdr.esl import EventSocket  # noqa: E402
+from fs_cdr.channel import dumps
+from fs_cdr.esl import EventSocket
 
 EVENTS = ("CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_UNBRIDGE CHANNEL_HANGUP "
           "CHANNEL_HANGUP_COMPLETE CHANNEL_DESTROY CHANNEL_PROGRESS CHANNEL_PROGRESS_MEDIA")
@@ -36,9 +36,9 @@ EVENTS = ("CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_UNBRIDGE CHANNEL
 def phone(destination: str, talk_ms: int, timeout_s: int = 20) -> str:
     """``bgapi originate``: extension 1100's SIP phone calls ``destination`` and hangs up ``talk_ms`` after
     the answer (or gives up ringing after ``timeout_s``). Its own leg is left out with fs_cdr_skip."""
-    return ("bgapi originate {fs_cdr_skip=true,sip_auth_username=1100,sip_auth_password=%s,"
-            "origination_caller_id_number=1100,origination_caller_id_name=Phone1100,originate_timeout=%d}"
-            "sofia/external/%s@127.0.0.1:5060 &sleep(%d)" % (PASSWORD, timeout_s, destination, talk_ms))
+    return (f"bgapi originate {{fs_cdr_skip=true,sip_auth_username=1100,sip_auth_password={PASSWORD},"
+            f"origination_caller_id_number=1100,origination_caller_id_name=Phone1100,originate_timeout={timeout_s}}}"
+            f"sofia/external/{destination}@127.0.0.1:5060 &sleep({talk_ms})")
 
 
 #: An action: when an event matches (name, Channel-Name prefix), wait, then run a command made from
@@ -57,14 +57,14 @@ SCENARIOS: dict[str, tuple[str, str, list[Action]]] = {
     "cc_caller_cancel": ("1100 calls 1102, which never answers; the caller hangs up after 3 s of ringing",
                          phone("1102", 1000, timeout_s=3), []),
     "cc_blind_transfer": (
-        "1100 calls 1101; 1 s into the talk the caller's channel is transferred (uuid_transfer) to 1103, which "
-        "answers after 2 s; the caller hangs up 5 s after the first answer",
+        ("1100 calls 1101; 1 s into the talk the caller's channel is transferred (uuid_transfer) to 1103, which "
+        "answers after 2 s; the caller hangs up 5 s after the first answer"),
         phone("1101", 5000),
         [("CHANNEL_BRIDGE", "null/1101", 1.0,
           lambda seen: f"uuid_transfer {uuid_of(seen, 'sofia/internal/1100')} 1103 XML default")]),
     "cc_attended_transfer": (
-        "1100 calls 1101; 1101 consults 1103 (att_xfer), then hangs up, which joins the caller to 1103; the "
-        "caller hangs up 8 s after the first answer",
+        ("1100 calls 1101; 1101 consults 1103 (att_xfer), then hangs up, which joins the caller to 1103; the "
+        "caller hangs up 8 s after the first answer"),
         phone("1101", 8000),
         [("CHANNEL_BRIDGE", "null/1101", 1.0,
           lambda seen: f"uuid_broadcast {uuid_of(seen, 'null/1101')} att_xfer::user/1103@127.0.0.1 aleg"),
@@ -87,7 +87,7 @@ def balanced(events: list) -> bool:
 
 def api(command: str) -> str:
     result = subprocess.run([str(FS_CLI), "-H", "127.0.0.1", "-P", "8021", "-p", "ClueCon", "-x", command],
-                            capture_output=True, text=True, timeout=30, errors="replace")
+                            capture_output=True, text=True, timeout=30, errors="replace", check=False)
     return result.stdout.strip()
 
 
@@ -124,7 +124,7 @@ def record(socket: EventSocket, command: str, actions: list[Action]) -> tuple[li
     return events, ran
 
 
-def main(names: Optional[list[str]] = None) -> int:
+def main(names: list[str] | None = None) -> int:
     out = ROOT / "tests" / "events"
     chosen = names or list(SCENARIOS)
     with tempfile.TemporaryDirectory(prefix="fs_cdr_record_") as directory:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
 from ..realtime import REMOVED
 from ..record import CallRecord
 from ..schema import Column
+
+if TYPE_CHECKING:
+    from ..calls import CallTable
 from .database import DatabaseConfig
 
 log = logging.getLogger("fs_cdr.sinks.sql")
@@ -113,7 +116,9 @@ class SqlSink:
     either way.
     """
 
-    def __init__(self, dialect: Dialect, config: DatabaseConfig, columns: Sequence[Column], create: bool = True) -> None:
+    def __init__(self, dialect: Dialect, config: DatabaseConfig, columns: Sequence[Column], create: bool = True,
+                 calls_table: str = "") -> None:
+        """``calls_table``: the call table (fs_cdr/calls.py) each batch's calls are recomputed into."""
         self.dialect = dialect
         self.config = config
         self.columns = tuple(columns)
@@ -126,6 +131,11 @@ class SqlSink:
         self.connection: Any = None
         self.bulk_statement = None if config.real else dialect.bulk_insert(config.table, self.names)
         self._bulk_after = 0.0
+        self.calls: Optional[CallTable] = None
+        if calls_table:
+            from ..calls import CallTable
+
+            self.calls = CallTable(dialect, calls_table, config.table)
 
     def open(self) -> None:
         try:
@@ -174,6 +184,61 @@ class SqlSink:
                 f"cdr.database (table {self.config.table})",
                 f"no column {', '.join(column.name for column in missing)} in the table; add it: {fixes}",
             )
+        if self.calls is not None:
+            self._check_call_table(self.calls)
+
+    def _check_call_table(self, calls: CallTable) -> None:
+        """The call table: created (with the leg table's call_key index) when missing, else checked."""
+        from ..calls import CALL_COLUMNS
+
+        try:
+            found = self._columns_of(calls.table)
+            if not found and self.create:
+                self._create(calls.table, CALL_COLUMNS)
+                self._index(calls)
+                found = self._columns_of(calls.table)
+        except Exception as error:
+            raise self.dialect.classify(error) from error
+        missing = [column for column in CALL_COLUMNS if column.name not in found]
+        if missing:
+            fixes = "; ".join(self.dialect.add_column(calls.table, column) for column in missing)
+            raise ConfigError(f"cdr.calls (table {calls.table})",
+                              f"no column {', '.join(column.name for column in missing)} in the table; add it: {fixes}")
+
+    def _columns_of(self, table: str) -> set[str]:
+        sql, parameters = self.dialect.columns_query(table)
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(sql, parameters)
+            found = {str(row[0]).lower() for row in cursor.fetchall()}
+        finally:
+            cursor.close()
+        self.connection.commit()
+        return found
+
+    def _create(self, table: str, columns: Sequence[Column]) -> None:
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(self.dialect.create_table(table, columns))
+            self.connection.commit()
+        except Exception:
+            self._rollback()
+            if not self._columns_of(table):
+                raise
+        finally:
+            cursor.close()
+
+    def _index(self, calls: CallTable) -> None:
+        """The leg table's call_key index; one already there (another writer made it) is fine."""
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(calls.index_statement())
+            self.connection.commit()
+        except Exception as error:  # noqa: BLE001 - already there; a missing index costs only speed
+            self._rollback()
+            log.info("index on %s.call_key not created (%s)", self.config.table, error)
+        finally:
+            cursor.close()
 
     def _create_table(self) -> None:
         """CREATE TABLE; when that fails, the table may have been created meanwhile by another writer
@@ -203,6 +268,15 @@ class SqlSink:
         else:
             statements = [self.dialect.add_column(self.config.table, column)
                           for column in self.columns if column.name not in found]
+        if self.calls is not None:
+            from ..calls import CALL_COLUMNS
+
+            found = self._columns_of(self.calls.table)
+            if not found:
+                statements += [self.dialect.create_table(self.calls.table, CALL_COLUMNS), self.calls.index_statement()]
+            else:
+                statements += [self.dialect.add_column(self.calls.table, column)
+                               for column in CALL_COLUMNS if column.name not in found]
         for statement in statements:
             cursor = self.connection.cursor()
             try:
@@ -231,7 +305,7 @@ class SqlSink:
             records = [record for record in records if record.get("call_state") != REMOVED]
         rows = self.rows(records)
         if rows and not removed and self.bulk_statement and time.monotonic() >= self._bulk_after:
-            if self._insert_in_bulk(connection, rows):
+            if self._insert_in_bulk(connection, rows, records):
                 return
         try:
             cursor = connection.cursor()
@@ -240,6 +314,8 @@ class SqlSink:
                     cursor.executemany(self.statement, rows)
                 if removed:
                     cursor.executemany(self.delete_statement, removed)
+                if self.calls is not None:
+                    self.calls.refresh(cursor, [*records, *({"uuid": uuid} for (uuid,) in removed)])
             finally:
                 cursor.close()
             connection.commit()
@@ -247,10 +323,17 @@ class SqlSink:
             self._rollback()
             raise self.dialect.classify(error) from error
 
-    def _insert_in_bulk(self, connection: Any, rows: list[tuple[Any, ...]]) -> bool:
+    def _insert_in_bulk(self, connection: Any, rows: list[tuple[Any, ...]],
+                        records: Sequence[CallRecord] = ()) -> bool:
         """The batch as new rows in one bulk statement; False when a row was already there."""
         try:
             self.dialect.insert_in_bulk(connection, self.bulk_statement, rows)
+            if self.calls is not None:
+                cursor = connection.cursor()
+                try:
+                    self.calls.refresh(cursor, records)
+                finally:
+                    cursor.close()
             connection.commit()
             return True
         except Exception as error:

@@ -1,0 +1,252 @@
+"""The call-center record (docs/call-center.md): each leg's outcome and hangup_by, and one row per call,
+checked against the recorded scenarios of real FreeSWITCH calls (tests/events/), in SQLite, MariaDB and
+PostgreSQL; the call row is the same whatever order the legs arrive in and however often one is replayed."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import tempfile
+from typing import Any, Optional
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import EVENTS_DIR, database_entry, drop_table, hangups, make_config, rows
+from fs_cdr.calls import CALL_NAMES, calls_of
+from fs_cdr.config import parse_config
+from fs_cdr.engine import probe_config
+from fs_cdr.errors import ConfigError
+from fs_cdr.outcome import EXTENDED_NAMES
+from fs_cdr.record import RecordBuilder
+from fs_cdr.schema import table_columns
+from fs_cdr.sinks.database import target
+from fs_cdr.sinks.sql import SqlSink, dialect_for
+
+EXTENDED = {"cdr": {"log": True, "columns": "extended", "calls": {"table": "cdr_call"}}}
+BUILDERS = {compiled: RecordBuilder(parse_config(EXTENDED), compiled=compiled) for compiled in (True, False)}
+
+#: scenario -> every recorded leg (channel name: outcome, hangup_by) and its call row (the columns
+#: named). A scenario recorded only where its FreeSWITCH module was built is skipped when its file is
+#: not there.
+SCENARIOS: dict[str, tuple[dict[str, tuple[Optional[str], Optional[str]]], dict[str, Any]]] = {
+    "live_extension_to_extension": (
+        {"sofia/internal/1100@127.0.0.1": ("answered", "caller"), "null/1101": ("answered", "caller")},
+        {"outcome": "answered", "hangup_by": "caller", "answered_by": "1101", "destination": "1101", "legs": 2,
+         "transfers": 0}),
+    "live_outbound_gateway": (
+        {"sofia/internal/1100@127.0.0.1": ("answered", "callee"), "sofia/internal/5551234": ("answered", "callee")},
+        {"outcome": "answered", "hangup_by": "callee", "answered_by": "fs_cdr_carrier", "destination": "95551234",
+         "legs": 2}),
+    "live_ivr_no_transfer": (
+        {"sofia/internal/1100@127.0.0.1": ("answered", "system")},
+        {"outcome": "answered", "hangup_by": "system", "answered_by": None, "legs": 1}),
+    "live_queue_acd": (
+        {"sofia/internal/1100@127.0.0.1": ("answered", "caller"), "null/1101": ("answered", "caller")},
+        {"outcome": "answered", "hangup_by": "caller", "answered_by": "1101", "legs": 2}),
+    "live_dialer_answered": (
+        {"sofia/internal/5551777": ("answered", "callee")},
+        {"outcome": "answered", "hangup_by": "callee", "answered_by": "fs_cdr_carrier", "legs": 1}),
+    "live_dialer_unanswered": (
+        {"sofia/internal/5552777": ("no_answer", "system")},
+        {"outcome": "missed", "hangup_by": "system", "answered_by": None, "talk_ms": None, "legs": 1}),
+    "live_transfer": (
+        {"sofia/internal/1100@127.0.0.1": ("answered", "caller"), "null/1101": ("answered", "caller")},
+        {"outcome": "answered", "hangup_by": "caller", "answered_by": "1101", "destination": "81101", "legs": 2,
+         "transfers": 1}),
+    "live_gateway_busy": (
+        {"sofia/internal/1100@127.0.0.1": ("busy", "callee"), "sofia/internal/5553234": ("busy", "callee")},
+        {"outcome": "busy", "hangup_by": "callee", "answered_by": None, "legs": 2}),
+    "c_noanswer_null": (
+        {"null/4203": ("no_answer", "system")},
+        {"outcome": "missed", "hangup_by": "system", "legs": 1}),
+    "c_bridge_noanswer": (
+        {"null/4203b": ("no_answer", "system"), "loopback/4203-b": ("no_answer", "system"),
+         "loopback/4203-a": (None, None)},
+        {}),
+}
+RECORDED = [name for name in SCENARIOS if os.path.exists(os.path.join(EVENTS_DIR, f"{name}.jsonl"))]
+
+
+def legs_of(scenario: str, compiled: bool = True) -> list[dict[str, Any]]:
+    builder = BUILDERS[compiled]
+    return [record for record in (builder.build(dict(event)) for event in hangups(scenario)) if record is not None]
+
+
+def call_of(scenario: str) -> Optional[dict[str, Any]]:
+    legs = legs_of(scenario)
+    found = calls_of(legs)
+    roots = [leg["uuid"] for leg in legs if leg["leg"] == "a" and leg["call_key"] == leg["uuid"]]
+    return found.get(roots[0]) if roots else None
+
+
+@pytest.mark.parametrize("scenario", RECORDED)
+def test_each_leg_gets_the_outcome_and_hangup_by_the_scenario_says(scenario: str) -> None:
+    expected, _ = SCENARIOS[scenario]
+    for compiled in (True, False):  # the compiled fast path's headers decide as the Python path's do
+        found = {leg["channel_name"]: (leg["outcome"], leg["hangup_by"]) for leg in legs_of(scenario, compiled)}
+        assert found == expected
+
+
+@pytest.mark.parametrize("scenario", [name for name in RECORDED if SCENARIOS[name][1]])
+def test_the_call_row_says_what_happened_to_the_call(scenario: str) -> None:
+    _, expected = SCENARIOS[scenario]
+    row = call_of(scenario)
+    assert row is not None
+    assert {name: row[name] for name in expected} == expected
+
+
+def test_timing_quality_and_sip_columns_come_from_the_leg() -> None:
+    legs = {leg["channel_name"]: leg for leg in legs_of("live_extension_to_extension")}
+    caller, callee = legs["sofia/internal/1100@127.0.0.1"], legs["null/1101"]
+    assert (caller["q850_cause"], caller["sip_status"], caller["sip_disposition"]) == (16, 200, "recv_bye")
+    assert (caller["mos"], caller["codec"], caller["remote_media_ip"]) == (4.5, "G722", "127.0.0.1")
+    assert caller["sip_call_id"] == "adccc65f-64c3-1240-a38f-beefc7a009d7"
+    # 1101 answers 0.3 s after it is called; its talk is billmsec
+    assert (callee["answer_ms"], callee["talk_ms"], callee["hold_ms"]) == (300, 1740, 0)
+    assert callee["call_key"] == caller["uuid"] and caller["call_key"] == caller["uuid"]
+    row = call_of("live_extension_to_extension")
+    assert row is not None and row["wait_ms"] == callee["started_at_ms"] + 300 - caller["started_at_ms"]
+    busy = {leg["channel_name"]: leg for leg in legs_of("live_gateway_busy")}
+    assert busy["sofia/internal/5553234"]["sip_status"] == 486 and busy["sofia/internal/5553234"]["answer_ms"] is None
+
+
+def test_the_standard_columns_are_the_same_with_the_extended_ones() -> None:
+    plain = RecordBuilder(parse_config({"cdr": {"log": True}}))
+    for scenario in RECORDED:
+        for event, extended in zip(hangups(scenario), [BUILDERS[True].build(dict(event)) for event in hangups(scenario)]):
+            standard = plain.build(dict(event))
+            if standard is None:
+                continue
+            assert extended is not None and {name: extended[name] for name in standard} == standard
+            assert set(extended) - set(standard) == EXTENDED_NAMES
+
+
+def test_a_standard_configuration_makes_neither_the_columns_nor_the_call_table(tmp_path) -> None:
+    config = make_config({"cdr": {"database": database_entry("sqlite", "cdr", tmp_path)}}, tmp_path)
+    assert not EXTENDED_NAMES & {column.name for column in table_columns(config)}
+    probe_config(config)
+    connection = sqlite3.connect(str(tmp_path / "cdr.sqlite"))
+    tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    connection.close()
+    assert tables == {"cdr"}
+
+
+def test_a_table_made_by_the_standard_columns_is_asked_for_the_extended_ones_by_name(tmp_path) -> None:
+    entry = database_entry("sqlite", "cdr", tmp_path)
+    probe_config(make_config({"cdr": {"database": entry}}, tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        probe_config(make_config({"cdr": {"database": entry, "columns": "extended"}}, tmp_path))
+    assert "outcome" in str(caught.value) and "ALTER TABLE" in str(caught.value)
+
+
+def test_the_call_table_needs_the_extended_columns_and_one_writer(tmp_path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config({"cdr": {"log": True, "calls": {"table": "cdr_call"}}}, tmp_path)
+    assert "extended" in str(caught.value)
+    with pytest.raises(ConfigError):
+        make_config({"cdr": {"log": True, "columns": "wide"}}, tmp_path)
+    entry = dict(database_entry("sqlite", "cdr", tmp_path), dbtype="mysql", connectionstring="127.0.0.1,3306@test",
+                 workers=4)
+    config = make_config({"cdr": {"database": entry, "columns": "extended", "calls": {"table": "cdr_call"}}}, tmp_path)
+    assert target(config.databases[0], config).batch.workers == 1
+    config = make_config({"cdr": {"database": entry, "columns": "extended"}}, tmp_path)
+    assert target(config.databases[0], config).batch.workers == 4
+
+
+# -- the call row whatever the order --------------------------------------------------------------
+#: Real scenarios' legs, together in one table: several calls, some of two legs.
+MANY = [leg for scenario in RECORDED for leg in legs_of(scenario)]
+EXPECTED_CALLS = calls_of(MANY)
+
+
+def sink_for(kind: str, tmp_path: Any, table: str) -> SqlSink:
+    config = make_config({"cdr": {"database": database_entry(kind, table, tmp_path), "columns": "extended",
+                                  "calls": {"table": table + "_call"}}}, tmp_path)
+    database = config.databases[0]
+    sink = SqlSink(dialect_for(database.dbtype, database), database, table_columns(config),
+                   calls_table=config.calls_table)
+    sink.open()
+    return sink
+
+
+def call_rows(kind: str, tmp_path: Any, table: str) -> dict[str, dict[str, Any]]:
+    found = rows(kind, tmp_path, table + "_call")
+    return {row["uuid"]: {name: _plain(row[name]) for name in CALL_NAMES} for row in found}
+
+
+def _plain(value: Any) -> Any:
+    return int(value) if hasattr(value, "is_integer") and not isinstance(value, float) else value
+
+
+def write_in_order(sink: SqlSink, order: list[int], cuts: list[int]) -> None:
+    """MANY[i] for i in ``order`` (repeats are replays), in batches cut at ``cuts``."""
+    sequence = [MANY[index] for index in order]
+    bounds = sorted({0, len(sequence), *(cut % (len(sequence) + 1) for cut in cuts)})
+    for start, end in zip(bounds, bounds[1:]):
+        sink.write(sequence[start:end])
+
+
+@st.composite
+def arrivals(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    """Every leg at least once, in any order, some replayed, in batches of any size."""
+    order = draw(st.permutations(range(len(MANY))))
+    replays = draw(st.lists(st.integers(0, len(MANY) - 1), max_size=8))
+    for index in replays:
+        order.insert(draw(st.integers(0, len(order))), index)
+    cuts = draw(st.lists(st.integers(0, len(order)), max_size=6))
+    return order, cuts
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arrivals())
+def test_the_call_rows_are_the_same_in_any_order_and_with_replays(arrival: tuple[list[int], list[int]]) -> None:
+    order, cuts = arrival
+    with tempfile.TemporaryDirectory() as directory:
+        path = _Path(directory)
+        sink = sink_for("sqlite", path, "cdr")
+        try:
+            write_in_order(sink, order, cuts)
+        finally:
+            sink.close()
+        assert call_rows("sqlite", path, "cdr") == EXPECTED_CALLS
+
+
+def test_a_call_row_appears_only_with_its_originating_leg(tmp_path) -> None:
+    a_legs = [leg for leg in MANY if leg["leg"] == "a"]
+    b_legs = [leg for leg in MANY if leg["leg"] == "b"]
+    sink = sink_for("sqlite", tmp_path, "cdr")
+    try:
+        sink.write(b_legs)
+        assert call_rows("sqlite", tmp_path, "cdr") == {}
+        sink.write(a_legs)
+    finally:
+        sink.close()
+    assert call_rows("sqlite", tmp_path, "cdr") == EXPECTED_CALLS
+
+
+@pytest.mark.parametrize("kind", ["mysql", "postgresql"])
+def test_the_call_rows_on_a_database_server(kind: str, table_name: str, tmp_path) -> None:
+    """Reversed, one leg a batch, every leg replayed, then a shuffled bulk batch: the same rows."""
+    sink = sink_for(kind, tmp_path, table_name)
+    try:
+        order = list(reversed(range(len(MANY))))
+        write_in_order(sink, order, list(range(len(order))))
+        assert call_rows(kind, tmp_path, table_name) == EXPECTED_CALLS
+        shuffled = list(range(len(MANY)))
+        random.Random(24).shuffle(shuffled)
+        write_in_order(sink, shuffled, [])
+        assert call_rows(kind, tmp_path, table_name) == EXPECTED_CALLS
+    finally:
+        sink.close()
+        drop_table(kind, tmp_path, table_name + "_call")
+        drop_table(kind, tmp_path, table_name)
+
+
+class _Path(str):
+    """A directory as conftest's helpers take it (``tmp_path / name``)."""
+
+    def __truediv__(self, name: str) -> str:
+        return os.path.join(self, name)

@@ -8,13 +8,13 @@ import os
 import random
 import sqlite3
 import tempfile
-from typing import Any, Optional
+from typing import Any
 
 import pytest
+from conftest import EVENTS_DIR, database_entry, drop_table, hangups, make_config, rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import EVENTS_DIR, database_entry, drop_table, hangups, make_config, rows
 from fs_cdr.calls import CALL_NAMES, calls_of
 from fs_cdr.config import parse_config
 from fs_cdr.engine import probe_config
@@ -31,7 +31,7 @@ BUILDERS = {compiled: RecordBuilder(parse_config(EXTENDED), compiled=compiled) f
 #: scenario -> every recorded leg (channel name: outcome, hangup_by) and its call row (the columns
 #: named). A scenario recorded only where its FreeSWITCH module was built is skipped when its file is
 #: not there.
-SCENARIOS: dict[str, tuple[dict[str, tuple[Optional[str], Optional[str]]], dict[str, Any]]] = {
+SCENARIOS: dict[str, tuple[dict[str, tuple[str | None, str | None]], dict[str, Any]]] = {
     "live_extension_to_extension": (
         {"sofia/internal/1100@127.0.0.1": ("answered", "caller"), "null/1101": ("answered", "caller")},
         {"outcome": "answered", "hangup_by": "caller", "answered_by": "1101", "destination": "1101", "legs": 2,
@@ -75,7 +75,7 @@ def legs_of(scenario: str, compiled: bool = True) -> list[dict[str, Any]]:
     return [record for record in (builder.build(dict(event)) for event in hangups(scenario)) if record is not None]
 
 
-def call_of(scenario: str) -> Optional[dict[str, Any]]:
+def call_of(scenario: str) -> dict[str, Any] | None:
     legs = legs_of(scenario)
     found = calls_of(legs)
     roots = [leg["uuid"] for leg in legs if leg["leg"] == "a" and leg["call_key"] == leg["uuid"]]

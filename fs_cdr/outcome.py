@@ -13,7 +13,7 @@ sees each one.
 
 from __future__ import annotations
 
-from .channel import Headers, header, variable
+from .channel import VARIABLE_PREFIX, Headers, header, variable
 from .fields import Value, to_number
 from .schema import Column
 
@@ -79,8 +79,18 @@ _NORMAL = frozenset({"NORMAL_CLEARING", "NORMAL_UNSPECIFIED", "SUCCESS"})
 
 
 def _micro(value: str | None) -> int | None:
+    """A ``*_uepoch``: microseconds, None when 0 (FreeSWITCH's "never") or not a number."""
+    if value is not None and value.isdigit() and value.isascii() and len(value) < 19:  # the usual case
+        return int(value) or None
     number = to_number(value)
     return number if isinstance(number, int) and number > 0 else None
+
+
+def _whole(value: str | None) -> int | None:
+    if value is not None and value.isdigit() and value.isascii() and len(value) < 19:  # the usual case
+        return int(value)
+    number = to_number(value)
+    return number if isinstance(number, int) else None
 
 
 def _since(start: int | None, then: int | None) -> int | None:
@@ -152,65 +162,65 @@ def hangup_by_of(inbound: bool, sip: str | None, cause: str | None, originate: s
     return None
 
 
+#: The channel variables the extended columns read, in the order :func:`leg_columns` unpacks them.
+_VARIABLES = (
+    "start_uepoch", "progress_uepoch", "progress_media_uepoch", "answer_uepoch", "bridge_uepoch", "end_uepoch",
+    "billmsec", "hold_accum_ms", "hangup_cause", "hangup_cause_q850", "sip_hangup_disposition", "sip_term_status",
+    "proto_specific_hangup_cause", "originate_disposition", "last_bridge_hangup_cause", "direction", "last_app",
+    "current_application", "rtp_audio_in_mos", "rtp_audio_in_jitter_max_variance", "rtp_audio_in_jitter_loss_rate",
+    "rtp_use_codec_name", "read_codec", "remote_media_ip", "sip_call_id", "sip_req_user", "rdnis",
+    "destination_number", "cc_queue", "cc_agent", "cc_cause", "cc_agent_bridged", "cc_member_session_uuid",
+    "transfer_history",
+)
+_KEYS = tuple(VARIABLE_PREFIX + name for name in _VARIABLES)
+
+
 def leg_columns(headers: Headers, uuid: str, originator: str | None) -> dict[str, Value]:
     """The extended columns of one leg."""
-    # every lookup first (see the module's docstring), then the rules
-    start = _micro(variable(headers, "start_uepoch"))
-    progress = _micro(variable(headers, "progress_uepoch"))
-    media = _micro(variable(headers, "progress_media_uepoch"))
-    answer = _micro(variable(headers, "answer_uepoch"))
-    bridge = _micro(variable(headers, "bridge_uepoch"))
-    end = _micro(variable(headers, "end_uepoch"))
-    billmsec = to_number(variable(headers, "billmsec"))
-    hold = to_number(variable(headers, "hold_accum_ms"))
-    cause = variable(headers, "hangup_cause") or header(headers, "Hangup-Cause")
-    q850 = to_number(variable(headers, "hangup_cause_q850"))
-    sip = variable(headers, "sip_hangup_disposition")
-    term, proto = variable(headers, "sip_term_status"), variable(headers, "proto_specific_hangup_cause")
-    originate = variable(headers, "originate_disposition")
-    peer_cause = variable(headers, "last_bridge_hangup_cause")
-    direction = variable(headers, "direction") or header(headers, "Call-Direction")
-    last_app = variable(headers, "last_app") or variable(headers, "current_application")
-    mos = to_number(variable(headers, "rtp_audio_in_mos"))
-    jitter = to_number(variable(headers, "rtp_audio_in_jitter_max_variance"))
-    loss = to_number(variable(headers, "rtp_audio_in_jitter_loss_rate"))
-    codec = variable(headers, "rtp_use_codec_name") or variable(headers, "read_codec")
-    remote = variable(headers, "remote_media_ip")
-    call_id = variable(headers, "sip_call_id")
-    requested = variable(headers, "sip_req_user")
-    rdnis = header(headers, "Caller-RDNIS") or variable(headers, "rdnis")
-    destination = header(headers, "Caller-Destination-Number") or variable(headers, "destination_number")
-    queue, agent = variable(headers, "cc_queue"), variable(headers, "cc_agent")
-    cc_cause, cc_bridged = variable(headers, "cc_cause"), variable(headers, "cc_agent_bridged")
-    member = variable(headers, "cc_member_session_uuid")
-    history = variable(headers, "transfer_history")
+    # Every lookup first (see the module's docstring), as plain dict lookups: this runs on the source
+    # thread for every hangup.
+    get = headers.get
+    values = [get(key) for key in _KEYS]
+    if not all(value is None or value.__class__ is str for value in values):
+        values = [variable(headers, name) for name in _VARIABLES]  # a list or a number: as text
+    (start, progress, media, answer, bridge, end, billmsec, hold, cause, q850, sip, term, proto, originate,
+     peer_cause, direction, last_app, application, mos, jitter, loss, codec, read_codec, remote, call_id,
+     requested, rdnis, destination, queue, agent, cc_cause, cc_bridged, member, history) = values
+    hangup_cause, call_direction = header(headers, "Hangup-Cause"), header(headers, "Call-Direction")
+    caller_rdnis, caller_destination = header(headers, "Caller-RDNIS"), header(headers, "Caller-Destination-Number")
 
-    inbound = direction == "inbound"
-    answered = answer is not None
+    start_us, answer_us = _micro(start), _micro(answer)
+    cause = cause or hangup_cause
+    inbound = (direction or call_direction) == "inbound"
+    answered = answer_us is not None
+    number, talk, held = _whole(q850), _whole(billmsec), _whole(hold)
+    mos_value, jitter_value, loss_value = to_number(mos), to_number(jitter), to_number(loss)
+    destination = caller_destination or destination
     key = member if member and member != uuid else originator or uuid
     return {
         "call_key": key,
-        "outcome": outcome_of(answered, last_app, cause, originate, cc_cause, cc_bridged == "true"),
+        "outcome": outcome_of(answered, last_app or application, cause, originate, cc_cause, cc_bridged == "true"),
         "hangup_by": hangup_by_of(inbound, sip, cause, originate, peer_cause),
-        "q850_cause": q850 if isinstance(q850, int) else None,
+        "q850_cause": number,
         "sip_status": _sip_status(term, proto),
         "sip_disposition": sip,
-        "started_at_ms": start // 1000 if start is not None else None,
-        "duration_ms": _since(start, end),
-        "pdd_ms": _since(start, progress),
-        "early_media_ms": _since(start, media),
-        "answer_ms": _since(start, answer),
-        "bridge_ms": _since(start, bridge),
-        "talk_ms": billmsec if answered and isinstance(billmsec, int) else None,
-        "hold_ms": hold if isinstance(hold, int) else None,
-        "mos": float(mos) if isinstance(mos, (int, float)) else None,
-        "jitter_max_variance": float(jitter) if isinstance(jitter, (int, float)) else None,
-        "loss_rate": float(loss) if isinstance(loss, (int, float)) else None,
-        "codec": codec,
+        "started_at_ms": start_us // 1000 if start_us is not None else None,
+        "duration_ms": _since(start_us, _micro(end)),
+        "pdd_ms": _since(start_us, _micro(progress)),
+        "early_media_ms": _since(start_us, _micro(media)),
+        "answer_ms": _since(start_us, answer_us),
+        "bridge_ms": _since(start_us, _micro(bridge)),
+        "talk_ms": talk if answered else None,
+        "hold_ms": held,
+        "mos": float(mos_value) if isinstance(mos_value, (int, float)) else None,
+        "jitter_max_variance": float(jitter_value) if isinstance(jitter_value, (int, float)) else None,
+        "loss_rate": float(loss_value) if isinstance(loss_value, (int, float)) else None,
+        "codec": codec or read_codec,
         "remote_media_ip": remote,
         "sip_call_id": call_id,
         # a b-leg inherits its caller's RDNIS: what it was sent to is its own destination
-        "first_destination": destination if originator else (requested if inbound else None) or rdnis or destination,
+        "first_destination": destination if originator
+        else (requested if inbound else None) or caller_rdnis or rdnis or destination,
         "queue": queue,
         "agent": agent,
         "transfers": _transfers(history, not inbound and not originator),

@@ -162,8 +162,8 @@ MANY = [leg for scenario in RECORDED for leg in legs_of(scenario)]
 EXPECTED_CALLS = calls_of(MANY)
 
 
-def sink_for(kind: str, tmp_path: Any, table: str) -> SqlSink:
-    config = make_config({"cdr": {"database": database_entry(kind, table, tmp_path), "columns": "extended",
+def sink_for(kind: str, tmp_path: Any, table: str, entry: dict[str, Any] | None = None) -> SqlSink:
+    config = make_config({"cdr": {"database": entry or database_entry(kind, table, tmp_path), "columns": "extended",
                                   "calls": {"table": table + "_call"}}}, tmp_path)
     database = config.databases[0]
     sink = SqlSink(dialect_for(database.dbtype, database), database, table_columns(config),
@@ -227,10 +227,23 @@ def test_a_call_row_appears_only_with_its_originating_leg(tmp_path) -> None:
     assert call_rows("sqlite", tmp_path, "cdr") == EXPECTED_CALLS
 
 
-@pytest.mark.parametrize("kind", ["mysql", "postgresql"])
-def test_the_call_rows_on_a_database_server(kind: str, table_name: str, tmp_path) -> None:
+#: dbtype odbc through the Debian packages' drivers, to the same servers
+ODBC_DRIVERS = {"mysql": "MariaDB Unicode", "postgresql": "PostgreSQL Unicode"}
+
+
+def odbc_entry(kind: str, table: str) -> dict[str, Any]:
+    pyodbc = pytest.importorskip("pyodbc", reason="pyodbc is not installed (pip install fs_cdr[odbc])")
+    if ODBC_DRIVERS[kind] not in pyodbc.drivers():
+        pytest.skip(f"ODBC driver {ODBC_DRIVERS[kind]!r} is not registered")
+    server = {"mysql": "127.0.0.1,3306@test", "postgresql": "127.0.0.1,5432@test"}[kind]
+    return {"dbtype": "odbc", "dialect": kind, "driver": ODBC_DRIVERS[kind], "connectionstring": server,
+            "username": "root" if kind == "mysql" else "postgres", "password": "", "table": table}
+
+
+@pytest.mark.parametrize("kind, via", [("mysql", ""), ("postgresql", ""), ("mysql", "odbc"), ("postgresql", "odbc")])
+def test_the_call_rows_on_a_database_server(kind: str, via: str, table_name: str, tmp_path) -> None:
     """Reversed, one leg a batch, every leg replayed, then a shuffled bulk batch: the same rows."""
-    sink = sink_for(kind, tmp_path, table_name)
+    sink = sink_for(kind, tmp_path, table_name, odbc_entry(kind, table_name) if via else None)
     try:
         order = list(reversed(range(len(MANY))))
         write_in_order(sink, order, list(range(len(order))))
@@ -250,3 +263,17 @@ class _Path(str):
 
     def __truediv__(self, name: str) -> str:
         return os.path.join(self, name)
+
+
+def test_sql_server_and_oracle_get_the_call_table_in_their_own_sql() -> None:
+    """No server here for these two: the statements are each dialect's own (MERGE, its quoting, its
+    placeholders), as for the leg table."""
+    from fs_cdr.calls import CALL_COLUMNS, CallTable
+    from fs_cdr.sinks import oracle, sqlserver
+
+    for dialect, mark, quoted in ((sqlserver.SqlServer(), "?", "[call_key]"), (oracle.Oracle(), ":1", '"CALL_KEY"')):
+        calls = CallTable(dialect, "cdr_call", "cdr")
+        assert calls.upsert.startswith("MERGE INTO") and "cdr_call" in calls.upsert.lower()
+        assert quoted in calls.index_statement() and dialect.quote("cdr") in calls.index_statement()
+        assert f"IN ({mark}, {mark})" == f"IN ({calls._in(2)})"
+        assert "PRIMARY KEY" in dialect.create_table("cdr_call", CALL_COLUMNS)

@@ -187,7 +187,11 @@ class CallTable:
         Returns how many call rows were written."""
         touched = {str(value) for record in records for value in (record.get("uuid"), record.get("call_key"))
                    if value}
-        legs: dict[str, dict[str, Any]] = {}
+        # A completed record is what its row now holds (nothing overwrites a completed row but the same
+        # leg completed): those need not be read back. A real-time update may have lost to a fresher row.
+        legs: dict[str, dict[str, Any]] = {
+            str(record["uuid"]): {name: record.get(name) for name in LEG_NAMES}
+            for record in records if record.get("call_state") == "completed" and record.get("call_key")}
         frontier = sorted(touched)
         for _ in range(DEPTH + 1):  # up: from each touched leg to its call's originating leg
             frontier = [uuid for uuid in frontier if uuid not in legs]

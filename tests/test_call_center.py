@@ -158,7 +158,7 @@ def test_the_call_table_needs_the_extended_columns_and_one_writer(tmp_path) -> N
 
 # -- the call row whatever the order --------------------------------------------------------------
 #: Real scenarios' legs, together in one table: several calls, some of two legs.
-MANY = [leg for scenario in RECORDED for leg in legs_of(scenario)]
+MANY = [dict(leg, call_state="completed", event_seq=1) for scenario in RECORDED for leg in legs_of(scenario)]
 EXPECTED_CALLS = calls_of(MANY)
 
 

@@ -118,6 +118,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
             print(f"-- {dbtype}: not supported by this build", file=sys.stderr)
             return 2
         print(f"-- {dbtype}\n{dialect.create_table(table, table_columns(config))};")
+        if config.calls_table:
+            from .calls import CALL_COLUMNS, CallTable
+
+            calls = CallTable(dialect, config.calls_table, table)
+            print(f"{dialect.create_table(config.calls_table, CALL_COLUMNS)};\n{calls.index_statement()};")
     return 0
 
 

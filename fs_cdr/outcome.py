@@ -173,6 +173,7 @@ _VARIABLES = (
     "transfer_history",
 )
 _KEYS = tuple(VARIABLE_PREFIX + name for name in _VARIABLES)
+_TEXT_OR_NONE = frozenset((str, type(None)))
 
 
 def leg_columns(headers: Headers, uuid: str, originator: str | None) -> dict[str, Value]:
@@ -181,7 +182,7 @@ def leg_columns(headers: Headers, uuid: str, originator: str | None) -> dict[str
     # thread for every hangup.
     get = headers.get
     values = [get(key) for key in _KEYS]
-    if not all(value is None or value.__class__ is str for value in values):
+    if not _TEXT_OR_NONE.issuperset(map(type, values)):
         values = [variable(headers, name) for name in _VARIABLES]  # a list or a number: as text
     (start, progress, media, answer, bridge, end, billmsec, hold, cause, q850, sip, term, proto, originate,
      peer_cause, direction, last_app, application, mos, jitter, loss, codec, read_codec, remote, call_id,

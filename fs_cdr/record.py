@@ -366,8 +366,9 @@ class RecordBuilder:
         """The extended columns (fs_cdr/outcome.py), made storable like the standard ones."""
         originator = record.get("originator")
         extra = leg_columns(headers, str(record["uuid"]), originator if isinstance(originator, str) else None)
-        for name in self._field_columns.intersection(extra):
-            del extra[name]  # a fields entry names it: its value stands, as for a standard column
+        if self._field_columns:
+            for name in self._field_columns.intersection(extra):
+                del extra[name]  # a fields entry names it: its value stands, as for a standard column
         extra["uuid"] = record["uuid"]  # already storable; _finish names the channel by it
         self._finish(extra)
         record.update(extra)

@@ -28,6 +28,7 @@ from fs_cdr.sinks.sql import SqlSink, dialect_for
 EXTENDED = {"cdr": {"log": True, "columns": "extended", "calls": {"table": "cdr_call"}}}
 BUILDERS = {compiled: RecordBuilder(parse_config(EXTENDED), compiled=compiled) for compiled in (True, False)}
 
+CALLER = "sofia/internal/1100@127.0.0.1"
 #: scenario -> every recorded leg (channel name: outcome, hangup_by) and its call row (the columns
 #: named). A scenario recorded only where its FreeSWITCH module was built is skipped when its file is
 #: not there.
@@ -59,6 +60,39 @@ SCENARIOS: dict[str, tuple[dict[str, tuple[str | None, str | None]], dict[str, A
     "live_gateway_busy": (
         {"sofia/internal/1100@127.0.0.1": ("busy", "callee"), "sofia/internal/5553234": ("busy", "callee")},
         {"outcome": "busy", "hangup_by": "callee", "answered_by": None, "legs": 2}),
+    # tests/call_center_scenarios.py, recorded by tools/record_call_center.py
+    "cc_ring_group": (
+        {CALLER: ("answered", "caller"), "null/1101": ("answered", "caller"), "null/1102": ("no_answer", "system"),
+         "null/1103": ("no_answer", "system")},
+        {"outcome": "answered", "hangup_by": "caller", "answered_by": "1101", "destination": "2000", "legs": 4,
+         "transfers": 0}),
+    "cc_hunt": (
+        {CALLER: ("answered", "caller"), "null/1102": ("no_answer", "system"), "null/1101": ("answered", "caller")},
+        {"outcome": "answered", "hangup_by": "caller", "answered_by": "1101", "destination": "2100", "legs": 3,
+         "transfers": 0}),
+    "cc_caller_cancel": (
+        {CALLER: ("cancelled", "caller"), "null/1102": ("cancelled", "caller")},
+        {"outcome": "missed", "hangup_by": "caller", "answered_by": None, "talk_ms": None, "legs": 2}),
+    "cc_blind_transfer": (
+        # 1101's leg is hung up by the switch when the transfer takes its party away: nothing on it says so
+        {CALLER: ("answered", "caller"), "null/1101": ("answered", None), "null/1103": ("answered", "caller")},
+        {"outcome": "answered", "hangup_by": "caller", "answered_by": "1101", "destination": "1101", "legs": 3,
+         "transfers": 1}),
+    "cc_attended_transfer": (
+        {CALLER: ("answered", "caller"), "null/1101": ("answered", None), "null/1103": ("answered", "caller")},
+        {"outcome": "answered", "hangup_by": "caller", "answered_by": "1101", "destination": "1101", "legs": 3,
+         "transfers": 1}),
+    "cc_queue_answered": (
+        {CALLER: ("answered", "caller"), "null/1101": ("answered", "caller")},
+        {"outcome": "answered", "hangup_by": "caller", "answered_by": "1101@default",
+         "queue": "fs_cdr_support@default", "call_source": "acd", "source_name": "fs_cdr_support", "legs": 2}),
+    "cc_queue_abandoned": (
+        {CALLER: ("cancelled", "caller")},
+        {"outcome": "abandoned", "hangup_by": "caller", "answered_by": None, "queue": "fs_cdr_overflow@default",
+         "source_name": "fs_cdr_overflow", "legs": 1}),
+    "cc_voicemail": (
+        {CALLER: ("voicemail", "caller"), "null/1102": ("no_answer", "system")},
+        {"outcome": "voicemail", "hangup_by": "caller", "answered_by": None, "destination": "2200", "legs": 2}),
     "c_noanswer_null": (
         {"null/4203": ("no_answer", "system")},
         {"outcome": "missed", "hangup_by": "system", "legs": 1}),

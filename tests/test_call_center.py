@@ -311,3 +311,16 @@ def test_sql_server_and_oracle_get_the_call_table_in_their_own_sql() -> None:
         assert quoted in calls.index_statement() and dialect.quote("cdr") in calls.index_statement()
         assert f"IN ({mark}, {mark})" == f"IN ({calls._in(2)})"
         assert "PRIMARY KEY" in dialect.create_table("cdr_call", CALL_COLUMNS)
+
+
+def test_the_extended_text_columns_are_made_storable_like_the_standard_ones() -> None:
+    (event,) = [event for event in hangups("live_extension_to_extension")
+                if event["Channel-Name"] == "sofia/internal/1100@127.0.0.1"]
+    hostile = dict(event, variable_sip_call_id="x\x00" * 600, variable_cc_queue="q" * 300,
+                   variable_rtp_audio_in_mos="NaN", variable_hangup_cause_q850="")
+    for compiled in (True, False):
+        record = BUILDERS[compiled].build(dict(hostile))
+        assert record is not None
+        assert len(record["sip_call_id"]) == 255 and "\x00" not in record["sip_call_id"]
+        assert record["queue"] == "q" * 255
+        assert (record["mos"], record["q850_cause"]) == (None, None)

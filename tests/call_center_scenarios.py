@@ -52,13 +52,13 @@ SCENARIOS: dict[str, tuple[str, str, list[Action]]] = {
         ("1100 calls 1101; 1 s into the talk the caller's channel is transferred (uuid_transfer) to 1103, which "
         "answers after 2 s; the caller hangs up 5 s after the first answer"),
         phone("1101", 5000),
-        [("CHANNEL_BRIDGE", "null/1101", 1.0,
+        [("CHANNEL_ANSWER", "null/1101", 1.5,
           lambda seen: f"uuid_transfer {uuid_of(seen, 'sofia/internal/1100')} 1103 XML default")]),
     "cc_attended_transfer": (
         ("1100 calls 1101; 1101 consults 1103 (att_xfer), then hangs up, which joins the caller to 1103; the "
         "caller hangs up 8 s after the first answer"),
         phone("1101", 8000),
-        [("CHANNEL_BRIDGE", "null/1101", 1.0,
+        [("CHANNEL_ANSWER", "null/1101", 1.5,
           lambda seen: f"uuid_broadcast {uuid_of(seen, 'null/1101')} att_xfer::user/1103@127.0.0.1 aleg"),
          ("CHANNEL_ANSWER", "null/1103", 1.0, lambda seen: f"uuid_kill {uuid_of(seen, 'null/1101')}")]),
     "cc_queue_answered": ("1100 calls queue fs_cdr_support (6100, mod_callcenter); agent 1101 answers",

@@ -181,12 +181,18 @@ class CallTable:
             found.extend(dict(zip(LEG_NAMES, row)) for row in cursor.fetchall())
         return found
 
-    def refresh(self, cursor: Any, records: Sequence[Mapping[str, Any]]) -> int:
+    def keys_of(self, cursor: Any, uuids: Sequence[str]) -> list[str]:
+        """The call keys of these legs, as the table holds them (read before the legs are deleted)."""
+        return [str(leg["call_key"]) for leg in self._select(cursor, "uuid", uuids) if leg.get("call_key")]
+
+    def refresh(self, cursor: Any, records: Sequence[Mapping[str, Any]], removed: Sequence[str] = (),
+                removed_keys: Sequence[str] = ()) -> int:
         """Recompute, from the leg table, the row of every call these legs (just written, not yet
-        committed) belong to; delete the row of a touched key whose originating leg is not there.
-        Returns how many call rows were written."""
+        committed) belong to. ``removed``: legs just deleted (real-time mode: a leg left out at its
+        end), whose calls (``removed_keys``) are recomputed too, and whose own call row, if it was an
+        originating leg, is deleted. Returns how many call rows were written."""
         touched = {str(value) for record in records for value in (record.get("uuid"), record.get("call_key"))
-                   if value}
+                   if value} | set(removed_keys)
         # A completed record is what its row now holds (nothing overwrites a completed row but the same
         # leg completed): those need not be read back. A real-time update may have lost to a fresher row.
         legs: dict[str, dict[str, Any]] = {
@@ -202,8 +208,12 @@ class CallTable:
             frontier = sorted({leg["call_key"] for leg in legs.values() if leg.get("call_key")} - set(legs))
         keys = {uuid: leg.get("call_key") for uuid, leg in legs.items()}
         roots = sorted({root for uuid in touched if (root := root_of(uuid, keys)) is not None})
-        frontier, searched = list(roots), set()
-        for _ in range(DEPTH):  # down: every leg whose call_key links to a leg of the call
+        # down: every leg whose call_key links to a leg of the call; the legs already known are asked
+        # for at once, so that the usual call (its legs in this batch, or its caller's leg before) takes
+        # one query
+        frontier = sorted(set(roots) | {uuid for uuid in legs if root_of(uuid, keys) in roots})
+        searched: set[str] = set()
+        for _ in range(DEPTH):
             searched.update(frontier)
             found = self._select(cursor, "call_key", frontier) if frontier else []
             for leg in found:
@@ -215,7 +225,9 @@ class CallTable:
         written = [rows[root] for root in roots if root in rows]
         if written:
             cursor.executemany(self.upsert, [tuple(row[name] for name in CALL_NAMES) for row in written])
-        gone = sorted(touched - set(rows))
+        # Only an originating leg has a row, and a leg's call_key never changes: a row can only lose its
+        # originating leg by a deletion
+        gone = sorted(set(removed) - set(rows))
         quote = self.dialect.quote
         for chunk in _chunks(gone):
             cursor.execute(f"DELETE FROM {quote(self.table)} WHERE {quote('uuid')} IN ({self._in(len(chunk))})",

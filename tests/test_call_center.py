@@ -324,3 +324,24 @@ def test_the_extended_text_columns_are_made_storable_like_the_standard_ones() ->
         assert len(record["sip_call_id"]) == 255 and "\x00" not in record["sip_call_id"]
         assert record["queue"] == "q" * 255
         assert (record["mos"], record["q850_cause"]) == (None, None)
+
+
+def test_a_leg_taken_back_in_real_time_mode_leaves_its_call(tmp_path) -> None:
+    """Real-time mode deletes the row of a leg left out only at its end (a skip variable set late): its
+    call row is recomputed without it, and a call whose originating leg went has no row."""
+    from fs_cdr.realtime import REMOVED
+
+    calls = [call for call in EXPECTED_CALLS.values() if call["legs"] >= 2]
+    root = calls[0]["uuid"]
+    other = next(leg for leg in MANY if leg["call_key"] == root and leg["uuid"] != root)
+    second = calls[1]["uuid"]
+    sink = sink_for("sqlite", tmp_path, "cdr")
+    try:
+        sink.write(MANY)
+        sink.write([{"uuid": other["uuid"], "call_state": REMOVED, "event_seq": 9},
+                    {"uuid": second, "call_state": REMOVED, "event_seq": 9}])
+    finally:
+        sink.close()
+    left = [leg for leg in MANY if leg["uuid"] not in (other["uuid"], second)]
+    found = call_rows("sqlite", tmp_path, "cdr")
+    assert found == calls_of(left) and found[root]["legs"] == calls[0]["legs"] - 1 and second not in found

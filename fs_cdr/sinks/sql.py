@@ -312,10 +312,12 @@ class SqlSink:
             try:
                 if rows:
                     cursor.executemany(self.statement, rows)
+                gone = [uuid for (uuid,) in removed]
+                keys = self.calls.keys_of(cursor, gone) if self.calls is not None and gone else []
                 if removed:
                     cursor.executemany(self.delete_statement, removed)
                 if self.calls is not None:
-                    self.calls.refresh(cursor, [*records, *({"uuid": uuid} for (uuid,) in removed)])
+                    self.calls.refresh(cursor, records, gone, keys)
             finally:
                 cursor.close()
             connection.commit()

@@ -18,6 +18,7 @@ their calls are different calls.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -59,6 +60,7 @@ LEG_NAMES = ("uuid", "leg", "call_key", "caller_id_number", "caller_id_name", "f
              "originator", "direction")
 
 Leg = Mapping[str, Any]
+_LEG_VALUES = operator.itemgetter(*LEG_NAMES)
 
 
 def _ms(leg: Leg, name: str) -> int | None:
@@ -181,6 +183,17 @@ class CallTable:
             found.extend(dict(zip(LEG_NAMES, row)) for row in cursor.fetchall())
         return found
 
+    def _linked(self, cursor: Any, keys: Sequence[str]) -> list[str]:
+        """The uuids of the legs whose call_key is one of ``keys`` (only the key column is read: the
+        rows of the usual call are already known)."""
+        found: list[str] = []
+        quote = self.dialect.quote
+        for chunk in _chunks(keys):
+            cursor.execute(f"SELECT {quote('uuid')} FROM {self._from} WHERE {quote('call_key')} IN "
+                           f"({self._in(len(chunk))})", tuple(chunk))
+            found.extend(str(row[0]) for row in cursor.fetchall())
+        return found
+
     def keys_of(self, cursor: Any, uuids: Sequence[str]) -> list[str]:
         """The call keys of these legs, as the table holds them (read before the legs are deleted)."""
         return [str(leg["call_key"]) for leg in self._select(cursor, "uuid", uuids) if leg.get("call_key")]
@@ -195,9 +208,13 @@ class CallTable:
                    if value} | set(removed_keys)
         # A completed record is what its row now holds (nothing overwrites a completed row but the same
         # leg completed): those need not be read back. A real-time update may have lost to a fresher row.
-        legs: dict[str, dict[str, Any]] = {
-            str(record["uuid"]): {name: record.get(name) for name in LEG_NAMES}
-            for record in records if record.get("call_state") == "completed" and record.get("call_key")}
+        legs: dict[str, dict[str, Any]] = {}
+        for record in records:
+            if record.get("call_state") == "completed" and record.get("call_key"):
+                try:
+                    legs[str(record["uuid"])] = dict(zip(LEG_NAMES, _LEG_VALUES(record)))
+                except KeyError:  # not a record the builder made with the extended columns
+                    legs[str(record["uuid"])] = {name: record.get(name) for name in LEG_NAMES}
         frontier = sorted(touched)
         for _ in range(DEPTH + 1):  # up: from each touched leg to its call's originating leg
             frontier = [uuid for uuid in frontier if uuid not in legs]
@@ -211,14 +228,16 @@ class CallTable:
         # down: every leg whose call_key links to a leg of the call; the legs already known are asked
         # for at once, so that the usual call (its legs in this batch, or its caller's leg before) takes
         # one query
-        frontier = sorted(set(roots) | {uuid for uuid in legs if root_of(uuid, keys) in roots})
+        wanted = set(roots)
+        frontier = sorted(wanted | {uuid for uuid in legs if root_of(uuid, keys) in wanted})
         searched: set[str] = set()
         for _ in range(DEPTH):
             searched.update(frontier)
-            found = self._select(cursor, "call_key", frontier) if frontier else []
-            for leg in found:
+            linked = self._linked(cursor, frontier) if frontier else []
+            unknown = sorted({uuid for uuid in linked if uuid not in legs})
+            for leg in self._select(cursor, "uuid", unknown) if unknown else []:
                 legs[leg["uuid"]] = leg
-            frontier = sorted({leg["uuid"] for leg in found} - searched)
+            frontier = sorted(set(linked) - searched)
             if not frontier:
                 break
         rows = calls_of(legs.values())

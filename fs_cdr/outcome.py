@@ -86,6 +86,13 @@ def _micro(value: str | None) -> int | None:
     return number if isinstance(number, int) and number > 0 else None
 
 
+def _real(value: str | None) -> float | None:
+    if value is not None and value.isascii() and len(value) <= 40 and value.replace(".", "", 1).isdigit():
+        return float(value)  # the usual "4.50"
+    number = to_number(value)
+    return float(number) if isinstance(number, (int, float)) else None
+
+
 def _whole(value: str | None) -> int | None:
     if value is not None and value.isdigit() and value.isascii() and len(value) < 19:  # the usual case
         return int(value)
@@ -195,7 +202,6 @@ def leg_columns(headers: Headers, uuid: str, originator: str | None) -> dict[str
     inbound = (direction or call_direction) == "inbound"
     answered = answer_us is not None
     number, talk, held = _whole(q850), _whole(billmsec), _whole(hold)
-    mos_value, jitter_value, loss_value = to_number(mos), to_number(jitter), to_number(loss)
     destination = caller_destination or destination
     key = member if member and member != uuid else originator or uuid
     return {
@@ -213,9 +219,9 @@ def leg_columns(headers: Headers, uuid: str, originator: str | None) -> dict[str
         "bridge_ms": _since(start_us, _micro(bridge)),
         "talk_ms": talk if answered else None,
         "hold_ms": held,
-        "mos": float(mos_value) if isinstance(mos_value, (int, float)) else None,
-        "jitter_max_variance": float(jitter_value) if isinstance(jitter_value, (int, float)) else None,
-        "loss_rate": float(loss_value) if isinstance(loss_value, (int, float)) else None,
+        "mos": _real(mos),
+        "jitter_max_variance": _real(jitter),
+        "loss_rate": _real(loss),
         "codec": codec or read_codec,
         "remote_media_ip": remote,
         "sip_call_id": call_id,

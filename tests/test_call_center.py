@@ -345,3 +345,24 @@ def test_a_leg_taken_back_in_real_time_mode_leaves_its_call(tmp_path) -> None:
     left = [leg for leg in MANY if leg["uuid"] not in (other["uuid"], second)]
     found = call_rows("sqlite", tmp_path, "cdr")
     assert found == calls_of(left) and found[root]["legs"] == calls[0]["legs"] - 1 and second not in found
+
+
+def test_schema_apply_adds_the_extended_columns_and_the_call_table(tmp_path, capsys) -> None:
+    """An operator upgrading a table made by the standard columns: ``fs-cdr schema --apply``."""
+    import json
+
+    from fs_cdr.cli import main
+
+    entry = database_entry("sqlite", "cdr", tmp_path)
+    probe_config(make_config({"cdr": {"database": entry}}, tmp_path))  # the table as an earlier release made it
+    path = tmp_path / "cdr.json"
+    path.write_text(json.dumps({"cdr": {"database": entry, "columns": "extended", "calls": {"table": "cdr_call"},
+                                        "spool_dir": str(tmp_path / "spool")}}))
+    assert main(["-c", str(path), "schema", "--apply"]) == 0
+    assert "ALTER TABLE" in capsys.readouterr().out
+    probe_config(make_config({"cdr": {"database": entry, "columns": "extended", "calls": {"table": "cdr_call"}}},
+                             tmp_path))
+    connection = sqlite3.connect(str(tmp_path / "cdr.sqlite"))
+    names = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
+    connection.close()
+    assert {"cdr", "cdr_call", "cdr_call_key"} <= names

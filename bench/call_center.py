@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from run import config_for, recorded_stream, source_stage
+from run import recorded_stream, source_stage
 
 from fs_cdr.channel import decode_event, dumps
 from fs_cdr.config import Paths, parse_config
@@ -56,11 +56,9 @@ def call_legs(count: int, document: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def database(kind: str, table: str, directory: Path) -> dict[str, Any]:
-    config = config_for(kind, table, directory, details=False)
     entry = {"mysql": {"dbtype": "mysql", "connectionstring": "127.0.0.1,3306@test", "username": "root"},
              "postgresql": {"dbtype": "pgsql", "connectionstring": "127.0.0.1,5432@test", "username": "postgres"},
              "sqlite": {"dbtype": "sqlite", "connectionstring": str(directory / f"{table}.sqlite")}}[kind]
-    del config
     return dict(entry, table=table, worker_process=False)
 
 
@@ -74,7 +72,9 @@ def sink_rate(kind: str, variant: str, count: int, directory: Path) -> float:
     config = parse_config({"cdr": cdr}, Paths(str(directory), str(directory), str(directory)))
     legs = call_legs(count, {"cdr": dict(cdr)})
     entry = config.databases[0]
-    sink = SqlSink(dialect_for(entry.dbtype, entry), entry, table_columns(config), calls_table=config.calls_table)
+    dialect = dialect_for(entry.dbtype, entry)
+    assert dialect is not None
+    sink = SqlSink(dialect, entry, table_columns(config), calls_table=config.calls_table)
     sink.open()
     try:
         started = time.perf_counter()
@@ -111,12 +111,12 @@ def main() -> int:
         print(f"source stage: extended / standard = {best['extended'] / best['standard']:.2f}, "
               f"+{1e6 / best['extended'] - 1e6 / best['standard']:.1f} µs/event")
         for kind in args.kinds.split(","):
-            found = {"standard": [], "extended": [], "calls": []}
+            writes: dict[str, list[float]] = {"standard": [], "extended": [], "calls": []}
             for _ in range(args.rounds):
-                for variant in found:
-                    found[variant].append(sink_rate(kind, variant, min(args.records, 10000), directory))
-            top = {variant: max(values) for variant, values in found.items()}
-            for variant, values in found.items():
+                for variant in writes:
+                    writes[variant].append(sink_rate(kind, variant, min(args.records, 10000), directory))
+            top = {variant: max(values) for variant, values in writes.items()}
+            for variant, values in writes.items():
                 print(f"{kind}: write, {variant}: {top[variant]:,.0f} legs/s, {1e6 / top[variant]:.0f} µs/leg, "
                       f"ratio {top[variant] / top['standard']:.2f} (rounds {' / '.join(f'{v:,.0f}' for v in values)})")
     return 0

@@ -113,8 +113,8 @@ def main() -> int:
         for kind in args.kinds.split(","):
             writes: dict[str, list[float]] = {"standard": [], "extended": [], "calls": []}
             for _ in range(args.rounds):
-                for variant, rates in writes.items():
-                    rates.append(sink_rate(kind, variant, min(args.records, 10000), directory))
+                for variant, measured in writes.items():
+                    measured.append(sink_rate(kind, variant, min(args.records, 10000), directory))
             top = {variant: max(values) for variant, values in writes.items()}
             for variant, values in writes.items():
                 print(f"{kind}: write, {variant}: {top[variant]:,.0f} legs/s, {1e6 / top[variant]:.0f} µs/leg, "

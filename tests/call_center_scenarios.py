@@ -90,7 +90,7 @@ def record(socket: EventSocket, command: str, actions: list[Action]) -> tuple[li
     seen: dict[str, dict[str, Any]] = {}
     pending = list(actions)
     timers: list[threading.Timer] = []
-    deadline = time.time() + 60
+    deadline = time.time() + 30
     while time.time() < deadline:
         event = socket.next_event(timeout_s=1.0)
         if event is None:

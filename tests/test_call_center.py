@@ -366,3 +366,27 @@ def test_schema_apply_adds_the_extended_columns_and_the_call_table(tmp_path, cap
     names = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
     connection.close()
     assert {"cdr", "cdr_call", "cdr_call_key"} <= names
+
+
+def test_reload_to_the_extended_columns_writes_them_and_the_calls(tmp_path, engines) -> None:
+    """A running engine on a standard table: schema --apply, then reload; the sinks take the new columns."""
+    import json
+
+    from conftest import scenario_events
+    from fs_cdr.cli import main as cli
+
+    entry = database_entry("sqlite", "cdr", tmp_path)
+    standard = make_config({"cdr": {"database": dict(entry, worker_process=False)}}, tmp_path)
+    probe_config(standard)  # the table as the running release made it
+    engine = engines(standard)
+    extended = make_config({"cdr": {"database": dict(entry, worker_process=False), "columns": "extended",
+                                    "calls": {"table": "cdr_call"}}}, tmp_path)
+    (tmp_path / "cdr.json").write_text(json.dumps(
+        {"cdr": {"database": entry, "columns": "extended", "calls": {"table": "cdr_call"}}}))
+    assert cli(["-c", str(tmp_path / "cdr.json"), "schema", "--apply"]) == 0
+    assert engine.reload(extended).startswith("configuration reloaded: ")
+    for event in scenario_events("live_extension_to_extension"):
+        engine.handle(event)
+    assert engine.flush(10), engine.status()
+    (row,) = rows("sqlite", tmp_path, "cdr_call")
+    assert (row["outcome"], row["answered_by"]) == ("answered", "1101")

@@ -373,6 +373,7 @@ def test_reload_to_the_extended_columns_writes_them_and_the_calls(tmp_path, engi
     import json
 
     from conftest import scenario_events
+
     from fs_cdr.cli import main as cli
 
     entry = database_entry("sqlite", "cdr", tmp_path)

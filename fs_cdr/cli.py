@@ -128,7 +128,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
             if dialect is None:
                 print(f"-- {database.name}: {database.dbtype} is not supported by this build", file=sys.stderr)
                 return 2
-            sink = SqlSink(dialect, database, columns)
+            sink = SqlSink(dialect, database, columns, calls_table=config.calls_table)
             try:
                 statements, left = sink.apply_schema()
             finally:
@@ -159,6 +159,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
         print(f"-- {dbtype}")
         for statement in dialect.schema_statements(table, table_columns(config), partitions):
             print(f"{statement};")
+        if config.calls_table:
+            from .calls import CALL_COLUMNS, CallTable
+
+            calls = CallTable(dialect, config.calls_table, table)
+            print(f"{dialect.create_table(config.calls_table, CALL_COLUMNS)};\n{calls.index_statement()};")
     return 0
 
 

@@ -57,6 +57,8 @@ SINKS: dict[str, str] = {
 #: Channel variables whose values never reach ``details`` (matched case-insensitively, ``*`` wildcard).
 DEFAULT_SECRET_VARIABLES = ("*password*", "*passwd*", "*secret*", "*token*", "sip_auth_*")
 PROCESS_CDR_VALUES = ("true", "false", "a_only", "b_only")
+#: The column sets a table can have (``"columns"``).
+COLUMN_SETS = ("standard", "extended")
 #: Under FreeSWITCH's storage directory unless ``spool_dir`` says otherwise.
 SPOOL_SUBDIR = "fs_cdr-spool"
 
@@ -107,6 +109,16 @@ class CdrConfig:
     durable_window_ms: int = 200
     event_socket: EventSocketConfig = field(default_factory=_event_socket_defaults)
     source: str = ""
+    #: "standard" (the seed's columns) or "extended": outcome, hangup_by, timing and quality
+    #: columns besides (fs_cdr/outcome.py, docs/call-center.md)
+    columns: str = "standard"
+    #: One row per call in its own table of every SQL database (``"calls": {"table": "cdr_call"}``);
+    #: "" when not asked for. Needs ``"columns": "extended"`` (the call row is made from those columns).
+    calls_table: str = ""
+
+    @property
+    def extended(self) -> bool:
+        return self.columns == "extended"
 
     @property
     def real(self) -> bool:
@@ -332,7 +344,13 @@ def _parse_config(document: object, paths: Paths, source: str) -> CdrConfig:
     spool_dir = section.text("spool_dir") or os.path.join(paths.storage_dir, SPOOL_SUBDIR)
     from .esl import parse_event_socket
 
+    columns = section.text("columns", "standard")
+    if columns not in COLUMN_SETS:
+        raise ConfigError(section.key("columns"), f"one of {', '.join(COLUMN_SETS)}")
+    calls_table = _calls_table(section.get("calls"), section.key("calls"), columns)
     config = CdrConfig(
+        columns=columns,
+        calls_table=calls_table,
         details=section.boolean("details", False),
         fields=parse_fields(section.get("fields") or [], "cdr.fields"),
         sinks=tuple(sinks),
@@ -354,6 +372,20 @@ def _parse_config(document: object, paths: Paths, source: str) -> CdrConfig:
         keys = ", ".join(f"'{key}'" for key in SINKS)
         raise ConfigError("cdr", f"no sink: configure {keys} or \"log\": true")
     return config
+
+
+def _calls_table(value: object, path: str, columns: str) -> str:
+    """The ``calls`` section: ``{"table": "cdr_call"}``; "" when absent."""
+    if value is None:
+        return ""
+    calls = Section(path, value)
+    table = calls.text("table", "cdr_call")
+    calls.done()
+    if not IDENTIFIER.match(table):
+        raise ConfigError(f"{path}.table", f"table name {table!r} must be letters, digits and _")
+    if columns != "extended":
+        raise ConfigError(path, 'the call table is made from the extended columns: set "columns": "extended" too')
+    return table
 
 
 def load_config(path: str, paths: Paths = Paths()) -> CdrConfig:

@@ -47,7 +47,7 @@ LaneFactory = Callable[[CdrConfig], list[SinkLane]]
 
 def _sink_shape(config: CdrConfig) -> tuple[Any, ...]:
     """What, when changed by a reload, needs new sink lanes (new connections, new statements)."""
-    return (config.sinks, config.fields, config.details, config.spool_dir)
+    return (config.sinks, config.fields, config.details, config.spool_dir, config.columns, config.calls_table)
 
 
 class Engine:

@@ -44,6 +44,7 @@ from .channel import (
 )
 from .config import CdrConfig
 from .fields import FieldSpec, Value, to_number
+from .outcome import EXTENDED_COLUMNS, leg_columns
 from .schema import SHORT_LIMIT, STANDARD_COLUMNS, TEXT_LIMIT
 
 _hangup: Any
@@ -65,11 +66,12 @@ _NOT_VARIABLE = object()
 
 _TRUE = frozenset(("true", "yes", "on", "1", "t", "y", "enabled", "active", "allow"))
 _KINDS = {column.name: column.kind for column in STANDARD_COLUMNS}
-#: The longest text each bounded standard column holds (the rest, fields and details, are unbounded).
+#: The longest text each bounded standard (or extended) column holds (the rest, fields and details,
+#: are unbounded).
 _LIMITS = {
-    name: TEXT_LIMIT if kind == "text" else SHORT_LIMIT
-    for name, kind in _KINDS.items()
-    if kind in ("text", "short", "key")
+    column.name: TEXT_LIMIT if column.kind == "text" else SHORT_LIMIT
+    for column in STANDARD_COLUMNS + EXTENDED_COLUMNS
+    if column.kind in ("text", "short", "key")
 }
 _INT64_MIN, _INT64_END = -(2**63), 2**63
 #: ``name=value`` inside a value (dial strings, SIP parameters, URL queries); a quoted value runs to
@@ -293,6 +295,9 @@ class RecordBuilder:
         #: What fs_cdr._hangup.columns needs to do _columns' work in C (None: _columns does it), and the
         #: template fields it leaves to Python.
         self._compiled = self._columns_plan() if compiled and hasattr(_hangup, "columns") else None
+        #: "columns": "extended": fs_cdr/outcome.py's columns, but those a ``fields`` entry names
+        self._extended = config.extended
+        self._field_columns = frozenset(spec.column for spec in self.fields)
         #: Records whose columns fs_cdr._hangup built (the rest: _columns).
         self.built_in_c = 0
         self._templates = tuple((column, kind, spec) for column, kind, spec, key, _, _ in self._field_plan
@@ -394,6 +399,8 @@ class RecordBuilder:
         leg_of(probe)
         record, _, _ = self._columns(probe, "probe")
         times(probe, record)
+        if self._extended:
+            leg_columns(probe, "probe", None)
         # "uuid": read only when Unique-ID is missing
         return frozenset(probe.read | {"uuid"}), frozenset(probe.headers_read | ENGINE_HEADERS)
 
@@ -429,6 +436,8 @@ class RecordBuilder:
             if not plain:
                 self._finish(record)
         times(headers, record, self._overridden)
+        if self._extended:
+            self._extend(headers, record)
         if start is None or end is None:
             missing = " and ".join(name for name, value in (("start", start), ("end", end)) if value is None)
             self.notices.warn("times", "channel %s: the event has no %s time; stored NULL", shown(record["uuid"]),
@@ -436,6 +445,17 @@ class RecordBuilder:
         if self.config.details:
             record["details"] = details if details is not None else self._details(headers, record["uuid"])
         return record
+
+    def _extend(self, headers: Headers, record: CallRecord) -> None:
+        """The extended columns (fs_cdr/outcome.py), made storable like the standard ones."""
+        originator = record.get("originator")
+        extra = leg_columns(headers, str(record["uuid"]), originator if isinstance(originator, str) else None)
+        if self._field_columns:
+            for name in self._field_columns.intersection(extra):
+                del extra[name]  # a fields entry names it: its value stands, as for a standard column
+        extra["uuid"] = record["uuid"]  # already storable; _finish names the channel by it
+        self._finish(extra)
+        record.update(extra)
 
     def _columns(self, headers: Headers, uuid: str) -> tuple[CallRecord, Optional[int], Optional[int]]:
         """The standard columns and ``fields``, as found (not yet made storable); the start and end

@@ -78,8 +78,14 @@ def table_columns(config: CdrConfig) -> tuple[Column, ...]:
     columns = list(STANDARD_COLUMNS)
     if config.details:
         columns.append(DETAILS)
+    extended: frozenset[str] = frozenset()
+    if config.extended:
+        from .outcome import EXTENDED_COLUMNS, EXTENDED_NAMES
+
+        columns.extend(EXTENDED_COLUMNS)
+        extended = EXTENDED_NAMES
     for spec in config.fields:
-        if spec.column not in STANDARD_NAMES:
+        if spec.column not in STANDARD_NAMES and spec.column not in extended:
             columns.append(Column(spec.column, "number" if spec.numeric else "long", f"fields: {spec.source}"))
     return tuple(columns)
 
@@ -107,7 +113,7 @@ class Index:
 
 INDEXES: tuple[Index, ...] = (
     Index("account_start", ("account", "start_stamp"), "(a) one extension's or account's calls in a time range"),
-    Index("call", ("call_uuid",), "(b) all legs of a call (a b-leg's call_uuid is its originator, the a-leg)"),
+    Index("call_uuid", ("call_uuid",), "(b) all legs of a call (a b-leg's call_uuid is its originator, the a-leg)"),
     # billsec: the usual report over such calls (count, minutes) is read from the index alone
     Index("destination", ("destination_number", "start_stamp", "billsec"), "(c) calls to a destination prefix in a month",
           prefixed=("destination_number",)),

@@ -108,6 +108,13 @@ def missing_reason() -> Optional[str]:
     return None
 
 
+def module_missing(name: str) -> Optional[str]:
+    """Why a scenario needing FreeSWITCH's ``name`` (mod_callcenter, mod_voicemail) cannot run, or None."""
+    if not (FS_MOD / f"{name}.so").exists():
+        return f"FreeSWITCH at {FS_PREFIX} was built without {name}"
+    return None
+
+
 def ensure_drivers() -> Path:
     """pip-install fs_cdr's pinned drivers for /usr/bin/python3 into .fs-site (once per pyproject)."""
     stamp = DRIVERS / ".pyproject"
@@ -229,7 +236,15 @@ class LiveSwitch:
             # asked for (the benchmark compares them): loaded, whether or not the installed copy loads it
             if not re.search(rf'^\s*<load module="{module}"/>', modules, flags=re.MULTILINE):
                 modules = modules.replace("</modules>", f'  <load module="{module}"/>\n  </modules>', 1)
+        # mod_callcenter and mod_voicemail, where built, loaded whatever the installed copy says; the
+        # queues and agents the call-center scenarios use replace the installed callcenter.conf.xml
+        for module in ("mod_callcenter", "mod_voicemail"):
+            if module_missing(module) is None and not re.search(rf'^\s*<load module="{module}"/>', modules,
+                                                                 flags=re.MULTILINE):
+                modules = modules.replace("</modules>", f'  <load module="{module}"/>\n  </modules>', 1)
         (self.conf / "autoload_configs/modules.conf.xml").write_text(modules)
+        if module_missing("mod_callcenter") is None:
+            shutil.copy(HERE / "callcenter_fs_cdr.xml", self.conf / "autoload_configs/callcenter.conf.xml")
 
     def _own_settings(self) -> None:
         """What the tests rely on, written over whatever the installed configuration says."""

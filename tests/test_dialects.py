@@ -69,7 +69,7 @@ def test_sqlserver_table_gets_the_indexes_for_the_operators_queries() -> None:
     statements = sqlserver.SqlServer().schema_statements("cdr", all_columns())
     assert statements[1:] == [
         "CREATE INDEX [cdr_account_start] ON [cdr] ([account], [start_stamp])",
-        "CREATE INDEX [cdr_call] ON [cdr] ([call_uuid])",
+        "CREATE INDEX [cdr_call_uuid] ON [cdr] ([call_uuid])",
         "CREATE INDEX [cdr_destination] ON [cdr] ([destination_number], [start_stamp], [billsec])",
         "CREATE INDEX [cdr_start] ON [cdr] ([start_stamp], [hangup_cause])",
     ]

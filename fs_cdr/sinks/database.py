@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping
 from urllib.parse import parse_qsl, unquote
 
@@ -308,8 +308,12 @@ def target(database: DatabaseConfig, config: CdrConfig) -> Target:
     if dialect is None:
         raise ConfigError("cdr.database.dbtype", f"{database.dbtype} is not supported by this build")
     columns = table_columns(config)
+    batch = database.batch
+    if config.calls_table and batch.workers > 1:
+        # fs_cdr/calls.py: two writers recomputing one call at once would each miss the other's legs
+        batch = replace(batch, workers=1)
 
     def open_sql() -> Sink:
-        return SqlSink(dialect, database, columns)
+        return SqlSink(dialect, database, columns, calls_table=config.calls_table)
 
-    return Target(database.name, database.describe(), open_sql, database.batch, database.real)
+    return Target(database.name, database.describe(), open_sql, batch, database.real)

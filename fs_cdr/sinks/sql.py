@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from ..errors import ConfigError, RejectedError, RetriableError, SinkError, TransientError
 from ..realtime import LOST, LOST_SEQ, OPEN_STATES, REMOVED
 from ..record import CallRecord
 from ..schema import ADDED_COLUMNS, INDEXES, Column, Index
+
+if TYPE_CHECKING:
+    from ..calls import CallTable
 from .database import DatabaseConfig
 from .partitions import MonthlyPartitions
 
@@ -181,7 +184,9 @@ class SqlSink:
     either way.
     """
 
-    def __init__(self, dialect: Dialect, config: DatabaseConfig, columns: Sequence[Column], create: bool = True) -> None:
+    def __init__(self, dialect: Dialect, config: DatabaseConfig, columns: Sequence[Column], create: bool = True,
+                 calls_table: str = "") -> None:
+        """``calls_table``: the call table (fs_cdr/calls.py) each batch's calls are recomputed into."""
         self.dialect = dialect
         self.config = config
         #: every column this configuration writes; ``columns`` and ``names`` are those the table has
@@ -197,6 +202,11 @@ class SqlSink:
         #: the standard columns added since the table was created (``schema.ADDED_COLUMNS``), which it
         #: is written without
         self.lacking: tuple[str, ...] = ()
+        self.calls: Optional[CallTable] = None
+        if calls_table:
+            from ..calls import CallTable
+
+            self.calls = CallTable(dialect, calls_table, config.table)
 
     def _use(self, columns: Sequence[Column]) -> None:
         """Write these columns: the statements for them."""
@@ -272,6 +282,61 @@ class SqlSink:
                 f"cdr.database (table {self.config.table})",
                 f"no column {', '.join(column.name for column in missing)} in the table; add it: {fixes}",
             )
+        if self.calls is not None:
+            self._check_call_table(self.calls)
+
+    def _check_call_table(self, calls: CallTable) -> None:
+        """The call table: created (with the leg table's call_key index) when missing, else checked."""
+        from ..calls import CALL_COLUMNS
+
+        try:
+            found = self._columns_of(calls.table)
+            if not found and self.create:
+                self._create(calls.table, CALL_COLUMNS)
+                self._index(calls)
+                found = self._columns_of(calls.table)
+        except Exception as error:
+            raise self.dialect.classify(error) from error
+        missing = [column for column in CALL_COLUMNS if column.name not in found]
+        if missing:
+            fixes = "; ".join(self.dialect.add_column(calls.table, column) for column in missing)
+            raise ConfigError(f"cdr.calls (table {calls.table})",
+                              f"no column {', '.join(column.name for column in missing)} in the table; add it: {fixes}")
+
+    def _columns_of(self, table: str) -> set[str]:
+        sql, parameters = self.dialect.columns_query(table)
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(sql, parameters)
+            found = {str(row[0]).lower() for row in cursor.fetchall()}
+        finally:
+            cursor.close()
+        self.connection.commit()
+        return found
+
+    def _create(self, table: str, columns: Sequence[Column]) -> None:
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(self.dialect.create_table(table, columns))
+            self.connection.commit()
+        except Exception:
+            self._rollback()
+            if not self._columns_of(table):
+                raise
+        finally:
+            cursor.close()
+
+    def _index(self, calls: CallTable) -> None:
+        """The leg table's call_key index; one already there (another writer made it) is fine."""
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(calls.index_statement())
+            self.connection.commit()
+        except Exception as error:  # noqa: BLE001 - already there; a missing index costs only speed
+            self._rollback()
+            log.info("index on %s.call_key not created (%s)", self.config.table, error)
+        finally:
+            cursor.close()
 
     def existing_indexes(self) -> Optional[list[tuple[str, ...]]]:
         """The columns of each index of the table, in order (``None``: the dialect cannot say)."""
@@ -337,6 +402,15 @@ class SqlSink:
             lacking = self.lacking_indexes() or []
             statements += [self.dialect.create_index_online(self.config.table, index) for index in lacking]
             left = self.dialect.rebuild_statements(self.connection, self.config.table)
+        if self.calls is not None:
+            from ..calls import CALL_COLUMNS
+
+            found = self._columns_of(self.calls.table)
+            if not found:
+                statements += [self.dialect.create_table(self.calls.table, CALL_COLUMNS), self.calls.index_statement()]
+            else:
+                statements += [self.dialect.add_column(self.calls.table, column)
+                               for column in CALL_COLUMNS if column.name not in found]
         for statement in statements:
             # PostgreSQL builds an index CONCURRENTLY only outside a transaction
             outside = "CONCURRENTLY" in statement and hasattr(self.connection, "autocommit")
@@ -373,15 +447,19 @@ class SqlSink:
             records = [record for record in records if record.get("call_state") != REMOVED]
         rows = self.rows(records)
         if rows and not removed and self.bulk_statement and time.monotonic() >= self._bulk_after:
-            if self._insert_in_bulk(connection, rows):
+            if self._insert_in_bulk(connection, rows, records):
                 return
         try:
             cursor = connection.cursor()
             try:
                 if rows:
                     cursor.executemany(self.statement, rows)
+                gone = [str(uuid) for (uuid,) in removed]
+                keys = self.calls.keys_of(cursor, gone) if self.calls is not None and gone else []
                 if removed:
                     cursor.executemany(self.delete_statement, removed)
+                if self.calls is not None:
+                    self.calls.refresh(cursor, records, gone, keys)
             finally:
                 cursor.close()
             connection.commit()
@@ -400,11 +478,18 @@ class SqlSink:
             log.warning("table %s (%s): partition upkeep failed, tried again in an hour: %s", self.config.table,
                         self.config.describe(), error)
 
-    def _insert_in_bulk(self, connection: Any, rows: list[tuple[Any, ...]]) -> bool:
+    def _insert_in_bulk(self, connection: Any, rows: list[tuple[Any, ...]],
+                        records: Sequence[CallRecord] = ()) -> bool:
         """The batch as new rows in one bulk statement; False when a row was already there."""
         try:
             assert self.bulk_statement is not None
             self.dialect.insert_in_bulk(connection, self.bulk_statement, rows)
+            if self.calls is not None:
+                cursor = connection.cursor()
+                try:
+                    self.calls.refresh(cursor, records)
+                finally:
+                    cursor.close()
             connection.commit()
             return True
         except Exception as error:

@@ -161,6 +161,8 @@ class LiveSwitch:
         (self.conf / "autoload_configs/switch.conf.xml").write_text(switch)
         variables = (self.conf / "vars.xml").read_text()
         variables = variables.replace('data="domain=$${local_ip_v4}"', 'data="domain=127.0.0.1"')
+        # the test users' password is the harness's, whatever the installed vars.xml says
+        variables = re.sub(r'data="default_password=[^"]*"', f'data="default_password={PASSWORD}"', variables)
         (self.conf / "vars.xml").write_text(variables)
         # FreeSWITCH's own CDR modules are not what is under test here (the benchmark compares them)
         modules = (self.conf / "autoload_configs/modules.conf.xml").read_text()

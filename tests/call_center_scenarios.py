@@ -12,12 +12,11 @@ API command.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from typing import Any, Callable
 
-from live_switch import FS_CLI, PASSWORD
+from live_switch import PASSWORD
 
 from fs_cdr.esl import EventSocket
 
@@ -25,12 +24,16 @@ EVENTS = ("CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_UNBRIDGE CHANNEL
           "CHANNEL_HANGUP_COMPLETE CHANNEL_DESTROY CHANNEL_PROGRESS CHANNEL_PROGRESS_MEDIA")
 
 
+#: Where a command names the test switch's internal SIP port (each instance has its own).
+INTERNAL_PORT = "@@internal_port@@"
+
+
 def phone(destination: str, talk_ms: int, timeout_s: int = 20) -> str:
     """``bgapi originate``: extension 1100's SIP phone calls ``destination`` and hangs up ``talk_ms`` after
     the answer (or gives up ringing after ``timeout_s``). Its own leg is left out with fs_cdr_skip."""
     return (f"bgapi originate {{fs_cdr_skip=true,sip_auth_username=1100,sip_auth_password={PASSWORD},"
             f"origination_caller_id_number=1100,origination_caller_id_name=Phone1100,originate_timeout={timeout_s}}}"
-            f"sofia/external/{destination}@127.0.0.1:5060 &sleep({talk_ms})")
+            f"sofia/external/{destination}@127.0.0.1:{INTERNAL_PORT} &sleep({talk_ms})")
 
 
 #: An action: when an event matches (name, Channel-Name prefix), wait, then run a command made from
@@ -61,10 +64,10 @@ SCENARIOS: dict[str, tuple[str, str, list[Action]]] = {
         [("CHANNEL_ANSWER", "null/1101", 1.5,
           lambda seen: f"uuid_broadcast {uuid_of(seen, 'null/1101')} att_xfer::user/1103@127.0.0.1 aleg"),
          ("CHANNEL_ANSWER", "null/1103", 1.0, lambda seen: f"uuid_kill {uuid_of(seen, 'null/1101')}")]),
-    "cc_queue_answered": ("1100 calls queue fs_cdr_support (6100, mod_callcenter); agent 1101 answers",
-                          phone("6100", 3000), []),
-    "cc_queue_abandoned": ("1100 calls queue fs_cdr_overflow (6101, no agent) and gives up after 3 s",
-                           phone("6101", 3000), []),
+    "cc_queue_answered": ("1100 calls queue fs_cdr_support (7100, mod_callcenter); agent 1101 answers",
+                          phone("7100", 3000), []),
+    "cc_queue_abandoned": ("1100 calls queue fs_cdr_overflow (7101, no agent) and gives up after 3 s",
+                           phone("7101", 3000), []),
     "cc_voicemail": ("2200 rings 1102 for 3 s, then the caller leaves a message in 1102's mailbox (4 s)",
                      phone("2200", 4000), []),
 }
@@ -77,13 +80,14 @@ def balanced(events: list) -> bool:
     return names.count("CHANNEL_CREATE") == names.count("CHANNEL_DESTROY") > 0
 
 
-def api(command: str) -> str:
-    result = subprocess.run([str(FS_CLI), "-H", "127.0.0.1", "-P", "8021", "-p", "ClueCon", "-x", command],
-                            capture_output=True, text=True, timeout=30, errors="replace", check=False)
-    return result.stdout.strip()
+def record(live: Any, socket: EventSocket, command: str,
+           actions: list[Action]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run ``command`` in ``live`` (a LiveSwitch) and the actions as their events come; every event
+    of the scenario, in FreeSWITCH's order, and what was run."""
 
+    def api(text: str) -> str:
+        return str(live.api(text.replace(INTERNAL_PORT, str(live.internal_port)))).strip()
 
-def record(socket: EventSocket, command: str, actions: list[Action]) -> tuple[list[dict[str, Any]], list[str]]:
     answer = api(command)
     ran = [f"fs_cli -x \"{command}\"  => {answer}"]
     events: list[dict[str, Any]] = []

@@ -28,10 +28,8 @@ def switch(tmp_path_factory):
     live = LiveSwitch(root, cdr)
     live.prepare()
     live.start()
-    from fs_cdr.esl import EventSocket
-
     assert live.wait_until(lambda: "fs_cdr" in live.api("python fs_cdr status"), 20)
-    socket = EventSocket()
+    socket = live.event_socket()
     socket.subscribe(*EVENTS.split())
     live.socket = socket
     yield live
@@ -52,12 +50,22 @@ def table(switch: LiveSwitch, name: str, uuids: list[str]) -> dict[str, dict[str
         connection.close()
 
 
-@pytest.mark.parametrize("scenario", [name for name in SCENARIOS if name in EXPECTED])
+#: Scenarios that do not yet play as written in a real FreeSWITCH (docs/call-center.md): expected to
+#: fail, strictly — one that starts passing fails the suite until it is recorded and moved out of here.
+NOT_PLAYING = {
+    "cc_hunt": "the caller's leg is cancelled while 1102 rings, before the hunt reaches 1101",
+    "cc_attended_transfer": "att_xfer then uuid_kill of the agent hangs up the caller instead of joining it to 1103",
+}
+
+
+@pytest.mark.parametrize("scenario", [
+    pytest.param(name, marks=pytest.mark.xfail(reason=NOT_PLAYING[name], strict=True)) if name in NOT_PLAYING
+    else name for name in SCENARIOS if name in EXPECTED])
 def test_scenario_in_a_real_freeswitch(switch, scenario: str) -> None:
     if scenario in NEEDS and module_missing(NEEDS[scenario]):
         pytest.skip(str(module_missing(NEEDS[scenario])))
     _, command, actions = SCENARIOS[scenario]
-    events, ran = record(switch.socket, command, actions)
+    events, ran = record(switch, switch.socket, command, actions)
     legs, call = EXPECTED[scenario]
     uuids = sorted({event["Unique-ID"] for event in events if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"})
     assert switch.wait_until(lambda: len(table(switch, "cdr", uuids)) == len(legs), 20), (ran, uuids)

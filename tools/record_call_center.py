@@ -24,7 +24,6 @@ from call_center_scenarios import EVENTS, NEEDS, SCENARIOS, record
 from live_switch import LiveSwitch, module_missing
 
 from fs_cdr.channel import dumps
-from fs_cdr.esl import EventSocket
 
 
 def main(names: list[str]) -> int:
@@ -35,7 +34,7 @@ def main(names: list[str]) -> int:
         live.start()
         try:
             time.sleep(2)  # mod_callcenter loads its agents after "is ready"
-            socket = EventSocket()
+            socket = live.event_socket()
             socket.subscribe(*EVENTS.split())
             for name in names or list(SCENARIOS):
                 story, command, actions = SCENARIOS[name]
@@ -43,7 +42,7 @@ def main(names: list[str]) -> int:
                 if missing:
                     print(f"{name}: skipped, {missing}")
                     continue
-                events, ran = record(socket, command, actions)
+                events, ran = record(live, socket, command, actions)
                 (out / f"{name}.jsonl").write_text("".join(dumps(event) + "\n" for event in events))
                 (out / f"{name}.commands.txt").write_text(
                     f"# scenario {name} (tools/record_call_center.py): {story}\n" + "\n".join(ran) + "\n")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .channel import HANGUP_EVENT, Headers, decode_event, dumps, header, shown
 from .config import CdrConfig
 from .errors import ConfigError
-from .realtime import COMPLETED, REMOVED, STATES, ChannelOrder, UpdateBuilder, sequence
+from .realtime import COMPLETED, REMOVED, STATES, ChannelOrder, UpdateBuilder, close_lost_rows_soon, sequence
 from .record import CallRecord, RecordBuilder, compiled_split
 from .sinks import lanes_for, targets
 from .writer import Guard, SinkLane
@@ -53,6 +53,9 @@ def _sink_shape(config: CdrConfig) -> tuple[Any, ...]:
 class Engine:
     def __init__(self, config: CdrConfig, lane_factory: LaneFactory = lanes_for) -> None:
         self.config = config
+        #: set by the switch: close the real-time rows an earlier run of this switch left open, with the
+        #: switchname and Core-UUID of the first record (realtime.close_lost_rows_soon)
+        self.close_lost_rows = False
         self.builder = RecordBuilder(config)
         self.updates = UpdateBuilder(config)
         #: real-time mode: what was last dispatched per channel (late and stale updates stay out)
@@ -178,6 +181,9 @@ class Engine:
         return record
 
     def _dispatch(self, record: CallRecord, final: bool) -> None:
+        if self.close_lost_rows:
+            self.close_lost_rows = False
+            close_lost_rows_soon(self.config, str(record.get("switchname") or ""), str(record.get("core_uuid") or ""))
         if self.config.real and not self.order.admit(record):
             return  # an update older than what the sinks already have: FreeSWITCH delivered it late
         now = time.monotonic()

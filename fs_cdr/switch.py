@@ -32,7 +32,7 @@ from .channel import dumps
 from .config import CdrConfig, Paths, load_config, resolve_config_path
 from .engine import EVENTS, REALTIME_EVENTS, Engine, format_status
 from .errors import ConfigError
-from .realtime import STATES, close_lost_rows_soon
+from .realtime import STATES
 from .realtime import header_names as realtime_header_names
 
 log = logging.getLogger("fs_cdr")
@@ -83,15 +83,6 @@ def _global(name: str) -> str:
         return ""
 
 
-def _switchname() -> str:
-    """What this FreeSWITCH writes as FreeSWITCH-Switchname (switch.conf.xml's switchname, else the
-    host name)."""
-    try:
-        return (freeswitch.API().executeString("switchname") or "").strip()
-    except Exception:  # noqa: BLE001
-        return ""
-
-
 def _paths() -> Paths:
     return Paths(
         conf_dir=_global("conf_dir") or "/etc/freeswitch",
@@ -122,7 +113,7 @@ def start(argument: str = "") -> str:
                 return f"-ERR fs_cdr not started: {error}"
             _engine = Engine(config).start()
             _config_path = path
-            close_lost_rows_soon(config, _switchname(), _global("core_uuid"))
+            _engine.close_lost_rows = True  # with the first record's switchname and Core-UUID
         _source_running.set()
         _source = threading.Thread(target=consume, name="fs_cdr-source", daemon=True)
         _source.start()

@@ -188,7 +188,7 @@ def test_kill_9_mid_call_leaves_no_ghost_call_in_real_time_rows(tmp_path) -> Non
         answer = live.api("originate {origination_caller_id_name=ghost}null/ghost &park")
         assert answer.startswith("+OK"), answer
         ghost = answer.split()[1]
-        assert live.wait_until(lambda: state(ghost) in ("answered", "created", "ringing"), 10), state(ghost)
+        assert live.wait_until(lambda: state(ghost) in ("answered", "created", "ringing", "early_media"), 30), state(ghost)
         time.sleep(0.5)
     finally:
         live.kill()
@@ -199,7 +199,7 @@ def test_kill_9_mid_call_leaves_no_ghost_call_in_real_time_rows(tmp_path) -> Non
         assert answer.startswith("+OK"), answer
         alive = answer.split()[1]
         assert live.wait_until(lambda: state(ghost) == "lost", 20), state(ghost)
-        assert live.wait_until(lambda: state(alive) not in ("", "lost"), 10)
+        assert live.wait_until(lambda: state(alive) not in ("", "lost"), 30), state(alive)
         time.sleep(0.5)
         assert state(alive) != "lost"
         assert "are now call_state 'lost'" in live.log_text()

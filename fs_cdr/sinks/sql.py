@@ -231,15 +231,7 @@ class SqlSink:
             raise
 
     def existing_columns(self) -> set[str]:
-        sql, parameters = self.dialect.columns_query(self.config.table)
-        cursor = self.connection.cursor()
-        try:
-            cursor.execute(sql, parameters)
-            found = {str(row[0]).lower() for row in cursor.fetchall()}
-        finally:
-            cursor.close()
-        self.connection.commit()
-        return found
+        return self._columns_of(self.config.table)
 
     def check_table(self) -> None:
         """Create the table when it is missing; refuse to start when a configured column is not there.

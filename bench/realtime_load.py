@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from live_load import (
-    ORIGINATE,
     SQL_TARGETS,
     EventCapture,
     RowWatcher,
@@ -57,7 +56,7 @@ from live_load import (
     unlike_own_details,
 )
 from live_switch import LiveSwitch, missing_reason
-from switch_cost import _drive, _spooled, _worker_cpu
+from switch_cost import _drive, _spooled
 
 
 @dataclass
@@ -107,29 +106,6 @@ class Run:
                 and self.never_shown == 0)
 
 
-def _paced(live: LiveSwitch, calls: int, rate: float, legs: int) -> tuple[float, float, float]:
-    """``calls`` originates at ``rate`` a second; calls/s, FreeSWITCH and worker CPU seconds, as _drive."""
-    live.api("fsctl loglevel err")
-    live.api("fsctl sps 5000")
-    time.sleep(1)
-    socket = live.event_socket()
-    cpu_before, workers_before = live.cpu_seconds(), _worker_cpu(live)
-    started = time.time()
-    for index in range(calls):
-        delay = started + index / rate - time.time()
-        if delay > 0:
-            time.sleep(delay)
-        socket.sock.sendall(f"bgapi {ORIGINATE}\n\n".encode())
-    time.sleep(2)
-    while not live.api("show channels count").strip().startswith("0 total"):
-        time.sleep(0.2)
-    elapsed = time.time() - started - 1.0
-    live.wait_until(lambda: everything_built(live, legs), 60)
-    cpu, workers = live.cpu_seconds() - cpu_before, _worker_cpu(live) - workers_before
-    socket.close()
-    return calls / elapsed, cpu, workers
-
-
 def one_run(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.0) -> tuple[Run, list[dict[str, Any]]]:
     """:func:`attempt`, again (up to three times) when another FreeSWITCH of the same binary ran
     meanwhile (another session's live tests): its commands may have reached ours."""
@@ -163,9 +139,8 @@ def attempt(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.
     try:
         if pace:
             capture, watcher = EventCapture(live), RowWatcher(kind, table)
-            run.rate, run.fs_cpu, run.worker_cpu = _paced(live, calls, pace, legs)
-        else:
-            run.rate, run.fs_cpu, run.worker_cpu = _drive(live, calls, settled=lambda: everything_built(live, legs))
+        run.rate, run.fs_cpu, run.worker_cpu = _drive(
+            live, calls, settled=lambda: everything_built(live, sessions_created(live)), rate=pace)
         live.api("python fs_cdr flush")
         run.sessions = sessions_created(live)
         status = fs_cdr_status(live)

@@ -299,6 +299,37 @@ class LiveSwitch:
 
         return EventSocket(port=self.esl_port, password=ESL_PASSWORD)
 
+    def place_calls(self, originate: str, calls: int, rate: float = 0.0, timeout_s: float = 300.0) -> tuple[float, int]:
+        """``bgapi <originate>`` ``calls`` times, ``rate`` a second (0: as fast as the socket takes them);
+        then wait until FreeSWITCH has finished every job (its BACKGROUND_JOB event) and no channel is
+        left. A channel count alone is no sign of the end: right after a burst is sent, FreeSWITCH may
+        not have created the first channels yet. Returns the seconds from the first originate until the
+        last channel was gone, and how many originates FreeSWITCH answered with -ERR."""
+        socket = self.event_socket()
+        try:
+            socket.subscribe("BACKGROUND_JOB")
+            started = time.time()
+            for index in range(calls):
+                delay = started + index / rate - time.time() if rate > 0 else 0.0
+                if delay > 0:
+                    time.sleep(delay)
+                socket.sock.sendall(f"bgapi {originate}\n\n".encode())
+            deadline, finished, failed = started + timeout_s, 0, 0
+            while finished < calls:
+                event = socket.next_event(timeout_s=max(0.1, deadline - time.time()))
+                if event is None:
+                    raise RuntimeError(f"FreeSWITCH finished {finished} of {calls} originates in {timeout_s:.0f} s")
+                if event.get("Event-Name") == "BACKGROUND_JOB":
+                    finished += 1
+                    failed += not str(event.get("_body", "")).startswith("+OK")
+            while not socket.api("show channels count").strip().startswith("0 total"):
+                if time.time() > deadline:
+                    raise RuntimeError(f"channels still up after {timeout_s:.0f} s")
+                time.sleep(0.2)
+            return time.time() - started, failed
+        finally:
+            socket.close()
+
     # -- process -----------------------------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> None:
         args = [str(FS_BIN), "-nc", "-nf", "-nonat", "-nonatmap",

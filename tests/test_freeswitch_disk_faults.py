@@ -36,17 +36,13 @@ def test_mariadb_down_and_the_spool_disk_full_while_a_thousand_calls_run(tmp_pat
             assert live.wait_until(lambda: '"healthy":true' in live.api("python fs_cdr status json").replace(" ", ""))
             server.stop()
             try:
-                socket = live.event_socket()
-                for _ in range(calls):
-                    socket.sock.sendall(b"bgapi originate {null_auto_answer_delay=0}null/df 4299 XML default\n\n")
-                socket.close()
+                live.place_calls("originate {null_auto_answer_delay=0}null/df 4299 XML default", calls, timeout_s=180)
 
                 def received() -> int:
                     status = json.loads(live.api("python fs_cdr status json") or "{}")
                     return status["sinks"][0]["received"] if status.get("sinks") else 0
 
                 # at load FreeSWITCH may fail some b-leg originates: every leg it did create counts
-                assert live.wait_until(lambda: live.api("show channels count").strip().startswith("0 total"), 180, 0.5)
                 assert live.wait_until(lambda: received() >= sessions_created(live), 60, 0.5), (
                     live.api("python fs_cdr status"))
                 legs = sessions_created(live)

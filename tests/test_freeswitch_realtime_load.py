@@ -43,16 +43,12 @@ def test_every_leg_of_a_real_time_burst_ends_as_its_hangup_only_row(tmp_path, ki
     try:
         live.api("fsctl loglevel warning")
         capture = EventCapture(live)
-        socket = live.event_socket()
-        for _ in range(CALLS):
-            socket.sock.sendall(f"bgapi {ORIGINATE}\n\n".encode())
-        assert live.wait_until(lambda: live.api("show channels count").strip().startswith("0 total"), 120, 0.5)
+        live.place_calls(ORIGINATE, CALLS, timeout_s=180)
         # at load FreeSWITCH may fail to create a b-leg (its originate fails): every leg it did create counts
         sessions = sessions_created(live)
         assert live.wait_until(lambda: everything_built(live, sessions), 60, 0.5), fs_cdr_status(live)
         assert "+OK" in live.api("python fs_cdr flush")
         events = capture.stop()
-        socket.close()
         status = fs_cdr_status(live)
     finally:
         live.shutdown()

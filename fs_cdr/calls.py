@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from .config import Section, SectionContext
+from .errors import ConfigError
 from .fields import Value
 from .schema import Column
 
@@ -199,11 +202,12 @@ class CallTable:
         return [str(leg["call_key"]) for leg in self._select(cursor, "uuid", uuids) if leg.get("call_key")]
 
     def refresh(self, cursor: Any, records: Sequence[Mapping[str, Any]], removed: Sequence[str] = (),
-                removed_keys: Sequence[str] = ()) -> int:
+                removed_keys: Sequence[str] = (), write: bool = True) -> list[dict[str, Value]]:
         """Recompute, from the leg table, the row of every call these legs (just written, not yet
         committed) belong to. ``removed``: legs just deleted (real-time mode: a leg left out at its
         end), whose calls (``removed_keys``) are recomputed too, and whose own call row, if it was an
-        originating leg, is deleted. Returns how many call rows were written."""
+        originating leg, is deleted. Returns the call rows, written into the call table unless
+        ``write`` is false (a :class:`CallBook` sends them as messages instead)."""
         touched = {str(value) for record in records for value in (record.get("uuid"), record.get("call_key"))
                    if value} | set(removed_keys)
         # A completed record is what its row now holds (nothing overwrites a completed row but the same
@@ -242,18 +246,138 @@ class CallTable:
                 break
         rows = calls_of(legs.values())
         written = [rows[root] for root in roots if root in rows]
-        if written:
+        if written and write:
             cursor.executemany(self.upsert, [tuple(row[name] for name in CALL_NAMES) for row in written])
         # Only an originating leg has a row, and a leg's call_key never changes: a row can only lose its
         # originating leg by a deletion
-        gone = sorted(set(removed) - set(rows))
+        gone = sorted(set(removed) - set(rows)) if write else []
         quote = self.dialect.quote
         for chunk in _chunks(gone):
             cursor.execute(f"DELETE FROM {quote(self.table)} WHERE {quote('uuid')} IN ({self._in(len(chunk))})",
                            tuple(chunk))
-        return len(written)
+        return written
 
     def index_statement(self) -> str:
         """The index the recomputation reads the leg table by."""
         quote = self.dialect.quote
         return f"CREATE INDEX {quote(self.leg_table + '_call_key')} ON {quote(self.leg_table)} ({quote('call_key')})"
+
+
+@dataclass(frozen=True)
+class CallMessages:
+    """A message sink's ``calls`` object: where its call messages go (``(kind, name)``: a Redis
+    ``list``/``channel``/``stream``, a RabbitMQ ``routing_key``), and how long the book keeps legs."""
+
+    targets: tuple[tuple[str, str], ...]
+    keep_hours: float = 48.0
+
+    def get(self, kind: str) -> str:
+        return next((name for found, name in self.targets if found == kind), "")
+
+
+def parse_call_messages(section: Section, kinds: tuple[str, ...], context: SectionContext) -> CallMessages | None:
+    """The ``calls`` object of a message sink's section, or None when it has none."""
+    value = section.get("calls")
+    if value is None:
+        return None
+    path = section.key("calls")
+    calls = Section(path, value)
+    targets = tuple((kind, name) for kind in kinds if (name := calls.text(kind)))
+    keep_hours = calls.number("keep_hours", 48.0, 1.0, 24.0 * 366)
+    calls.done()
+    if not targets:
+        raise ConfigError(path, f"say where call messages go: {' and/or '.join(repr(kind) for kind in kinds)}")
+    if context.columns != "extended":
+        raise ConfigError(path, 'call messages are made from the extended columns: set "columns": "extended" too')
+    return CallMessages(targets, keep_hours)
+
+
+def call_book(calls: CallMessages | None, name: str, batch: Any, config: Any) -> tuple[str, Any]:
+    """The book's file for a message sink's lane (beside its spool), and its batch settings: one
+    writer when it has a book (two would each miss the other's legs, as fs_cdr/calls.py says of a
+    database's call table)."""
+    import os
+    from dataclasses import replace
+
+    if calls is None:
+        return "", batch
+    return os.path.join(config.spool_dir, name, "calls.sqlite"), replace(batch, workers=1)
+
+
+class CallBook:
+    """Call messages for a message sink (Redis, RabbitMQ: ``"calls": {...}`` in its section): the call
+    columns of every final leg record the sink sent, kept in an SQLite file beside the sink's spool
+    (``calls.sqlite``) for ``keep_s``, and for each batch the rows of the calls it touched, made by the
+    same :class:`CallTable` code as a database's call table, from every leg of the call the book holds.
+
+    So a call message is the call as all its legs sent so far make it, whatever order they came in
+    and however often one was replayed; the last message of a call (a consumer keeps the latest per
+    ``uuid``) carries its final values. A batch's legs are committed (fsynced) before its messages
+    go out: a retried batch computes the same rows again. One writer per book (``workers`` 1).
+    A leg is kept for ``keep_s`` from when the book took it (a call whose legs reach the sink further
+    apart than that is made from the legs still kept)."""
+
+    LEGS = "legs"
+
+    def __init__(self, path: str, keep_s: float = 2 * 86400.0) -> None:
+        from .sinks.sqlite import SQLite
+
+        self.path = path
+        self.keep_s = keep_s
+        dialect = SQLite()
+        self.table = CallTable(dialect, "", self.LEGS)
+        self._upsert = dialect.upsert(self.LEGS, (*LEG_NAMES, "kept_at"))
+        self._connection: Any = None
+        self._expired_at = 0.0
+
+    def open(self) -> None:
+        import os
+        import sqlite3
+
+        if self._connection is not None:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            columns = ", ".join(f'"{name}"' + (" TEXT PRIMARY KEY" if name == "uuid" else "") for name in LEG_NAMES)
+            # kept_at: when the book took the leg (a leg replayed days late is kept from then on)
+            connection.execute(f"CREATE TABLE IF NOT EXISTS {self.LEGS} ({columns}, kept_at INTEGER)")
+            connection.execute(f"CREATE INDEX IF NOT EXISTS {self.LEGS}_call_key ON {self.LEGS} (call_key)")
+            connection.execute(f"CREATE INDEX IF NOT EXISTS {self.LEGS}_kept ON {self.LEGS} (kept_at)")
+            connection.commit()
+        except Exception:
+            connection.close()
+            raise
+        self._connection = connection
+
+    def add(self, legs: Sequence[Mapping[str, Any]], now: float | None = None) -> list[dict[str, Value]]:
+        """Keep these final legs (records or their JSON documents decoded); the rows of every call
+        they touch. Raises ``sqlite3.Error`` (the caller retries the batch) and leaves nothing half
+        kept."""
+        import time
+
+        self.open()
+        final = [leg for leg in legs if leg.get("call_state") == "completed" and leg.get("call_key")]
+        if not final:
+            return []
+        connection = self._connection
+        try:
+            now = time.time() if now is None else now
+            cursor = connection.cursor()
+            cursor.executemany(self._upsert, [(*(leg.get(name) for name in LEG_NAMES), int(now)) for leg in final])
+            rows = self.table.refresh(cursor, final, write=False)
+            if now - self._expired_at > 3600:
+                cursor.execute(f"DELETE FROM {self.LEGS} WHERE kept_at < ?", (int(now - self.keep_s),))
+                self._expired_at = now
+            connection.commit()
+        except Exception:
+            connection.rollback()
+            raise
+        return rows
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()

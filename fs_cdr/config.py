@@ -151,6 +151,8 @@ class SectionContext:
     base: str
     #: the sinks parsed before this one (the Redis section defaults to real-time when a database is)
     earlier: tuple[Any, ...] = ()
+    #: the top-level ``columns`` (call messages are made from the extended ones)
+    columns: str = "standard"
 
 
 @dataclass(frozen=True)
@@ -333,20 +335,21 @@ def _parse_config(document: object, paths: Paths, source: str) -> CdrConfig:
     section = Section("cdr", document["cdr"])
     # Relative paths (SQLite file, spool) are relative to cdr.json, not to FreeSWITCH's cwd.
     base = os.path.dirname(os.path.abspath(source)) if source else os.getcwd()
+    columns = section.text("columns", "standard")
+    if columns not in COLUMN_SETS:
+        raise ConfigError(section.key("columns"), f"one of {', '.join(COLUMN_SETS)}")
     sinks: list[Any] = []
     for key in SINKS:
         raw = section.get(key)
         if raw is not None:
-            sinks.extend(sink_module(key).parse_section(raw, f"cdr.{key}", SectionContext(paths, base, tuple(sinks))))
+            context = SectionContext(paths, base, tuple(sinks), columns)
+            sinks.extend(sink_module(key).parse_section(raw, f"cdr.{key}", context))
     process_cdr = section.text("process_cdr", "true")
     if process_cdr not in PROCESS_CDR_VALUES:
         raise ConfigError(section.key("process_cdr"), f"one of {', '.join(PROCESS_CDR_VALUES)}")
     spool_dir = section.text("spool_dir") or os.path.join(paths.storage_dir, SPOOL_SUBDIR)
     from .esl import parse_event_socket
 
-    columns = section.text("columns", "standard")
-    if columns not in COLUMN_SETS:
-        raise ConfigError(section.key("columns"), f"one of {', '.join(COLUMN_SETS)}")
     calls_table = _calls_table(section.get("calls"), section.key("calls"), columns)
     config = CdrConfig(
         columns=columns,

@@ -9,10 +9,12 @@ than dropped: bind a queue and the records flow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 from urllib.parse import unquote
 
+from ..calls import CallBook, CallMessages, call_book, parse_call_messages
+from ..channel import dumpb
 from ..config import BatchSettings, Section, SectionContext, mask_secrets, read_batch, split_url
 from ..errors import ConfigError, RetriableError
 from ..fields import IDENTIFIER, parse_template
@@ -40,6 +42,10 @@ class RabbitConfig:
     declare: bool = True
     name: str = "rabbitmq"
     batch: BatchSettings = BatchSettings()
+    #: call messages (fs_cdr/calls.py CallBook), published to the same exchange with their own
+    #: ``routing_key`` (literal, or a template of call columns: ``call.${outcome}``)
+    calls: CallMessages | None = None
+    calls_routing_key: tuple[str, ...] = ()
     key: ClassVar[str] = "rabbitmq"
 
     def describe(self) -> str:
@@ -85,15 +91,20 @@ def parse_section(value: object, path: str, context: SectionContext) -> tuple[Ra
         declare=section.boolean("declare", True),
         name=section.text("name", "rabbitmq"),
         batch=read_batch(section, BatchSettings()),
+        calls=parse_call_messages(section, ("routing_key",), context),
     )
     section.done()
+    if config.calls is not None:
+        key = section.key("calls") + ".routing_key"
+        config = replace(config, calls_routing_key=parse_routing_key(config.calls.get("routing_key"), key))
     return (config,)
 
 
 def target(settings: RabbitConfig, config: CdrConfig) -> Target:
     from . import Target
 
-    return Target(settings.name, settings.describe(), lambda: RabbitSink(settings), settings.batch, coalesce=False)
+    book, batch = call_book(settings.calls, settings.name, settings.batch, config)
+    return Target(settings.name, settings.describe(), lambda: RabbitSink(settings, book), batch, coalesce=False)
 
 
 def routing_key(parts: Sequence[str], record: CallRecord) -> str:
@@ -111,10 +122,12 @@ def routing_key(parts: Sequence[str], record: CallRecord) -> str:
 
 
 class RabbitSink:
-    def __init__(self, config: RabbitConfig) -> None:
+    def __init__(self, config: RabbitConfig, book: str = "") -> None:
+        """``book``: the CallBook file call messages are made with (when the section has ``calls``)."""
         self.config = config
         self._connection: Any = None
         self._channel: Any = None
+        self._book = CallBook(book, config.calls.keep_hours * 3600) if config.calls and book else None
 
     def open(self) -> None:
         import pika
@@ -147,14 +160,22 @@ class RabbitSink:
         if channel is None:
             raise RetriableError("not connected")
         settings = self.config
+        calls: list[dict[str, Any]] = []
+        if self._book is not None:
+            try:
+                calls = self._book.add(records)
+            except Exception as error:  # sqlite3.Error, OSError: the book's disk; the batch is retried whole
+                raise RetriableError(f"call book {self._book.path}: {type(error).__name__}: {error}") from error
+        messages: list[tuple[str, bytes, str, str | None]] = [
+            (routing_key(settings.routing_key, record), record_json(record), str(record["uuid"]), None)
+                    for record in records]
+        messages += [(routing_key(settings.calls_routing_key, row), dumpb(row), str(row["uuid"]), "call")
+                     for row in calls]
         try:
-            for record in records:
+            for key, body, uuid, kind in messages:
                 channel.basic_publish(
-                    settings.exchange,
-                    routing_key(settings.routing_key, record),
-                    record_json(record),
-                    pika.BasicProperties(content_type="application/json", delivery_mode=2,
-                                         message_id=str(record["uuid"])),
+                    settings.exchange, key, body,
+                    pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id=uuid, type=kind),
                     mandatory=True,
                 )
         except Exception as error:
@@ -163,6 +184,8 @@ class RabbitSink:
 
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
+        if self._book is not None:
+            self._book.close()
         if connection is not None:
             try:
                 connection.close()

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 from urllib.parse import unquote
 
+from ..calls import CallBook, CallMessages, call_book, parse_call_messages
+from ..channel import dumpb, loads
 from ..config import BatchSettings, Section, SectionContext, mask_secrets, option_file, read_batch, split_url
 from ..errors import ConfigError, RetriableError
 from ..record import CallRecord, record_json
@@ -66,6 +68,8 @@ class RedisConfig:
     ssl_cert_reqs: str = "required"
     name: str = "redis"
     batch: BatchSettings = BatchSettings()
+    #: call messages (fs_cdr/calls.py CallBook): a ``list``, ``channel`` and/or ``stream`` of their own
+    calls: Optional[CallMessages] = None
     key: ClassVar[str] = "redis"
 
     def describe(self) -> str:
@@ -157,6 +161,7 @@ def parse_section(value: object, path: str, context: SectionContext) -> tuple[Re
         password=section.text("password", password),
         name=section.text("name", "redis"),
         batch=read_batch(section, BatchSettings()),
+        calls=parse_call_messages(section, ("list", "channel", "stream"), context),
         **tls,
     )
     section.done()
@@ -172,7 +177,8 @@ def parse_section(value: object, path: str, context: SectionContext) -> tuple[Re
 def target(settings: RedisConfig, config: CdrConfig) -> Target:
     from . import Target
 
-    return Target(settings.name, settings.describe(), lambda: RedisSink(settings), settings.batch,
+    book, batch = call_book(settings.calls, settings.name, settings.batch, config)
+    return Target(settings.name, settings.describe(), lambda: RedisSink(settings, book), batch,
                   settings.real and bool(settings.channel), coalesce=False, encode=message)
 
 
@@ -198,9 +204,11 @@ def message(record: CallRecord) -> Message:
 
 
 class RedisSink:
-    def __init__(self, config: RedisConfig) -> None:
+    def __init__(self, config: RedisConfig, book: str = "") -> None:
+        """``book``: the CallBook file call messages are made with (when the section has ``calls``)."""
         self.config = config
         self._client: Any = None
+        self._book = CallBook(book, config.calls.keep_hours * 3600) if config.calls and book else None
 
     def open(self) -> None:
         import redis
@@ -255,49 +263,34 @@ class RedisSink:
         client = self._client
         if client is None:
             raise RetriableError("not connected")
+        settings = self.config
+        batches = [(messages, settings.list, settings.channel, settings.stream)]
+        if self._book is not None and settings.calls is not None:
+            calls = settings.calls
+            batches.append((call_messages(self._book, messages), calls.get("list"), calls.get("channel"),
+                            calls.get("stream")))
         try:
             if self.config.cluster:
-                self._write_cluster(client, messages)
+                for batch in batches:
+                    self._write_cluster(client, *batch)
             else:
-                self._write_packed(client, messages)
+                self._write_packed(client, batches)
         except Exception as error:
             # Nothing a record contains can make LPUSH or PUBLISH fail: every error is the server's.
             raise RetriableError(str(error)) from error
         if meanwhile is not None:
             meanwhile()  # in this process the GIL is shared anyway: nothing to overlap
 
-    def _write_packed(self, client: Any, messages: Sequence[Message]) -> None:
+    def _write_packed(self, client: Any, batches: Sequence[tuple[Sequence[Message], str, str, str]]) -> None:
         """One batch as one packet of Redis commands (RESP), packed here from the documents as they
         are, on one of the client's connections; then one reply per command. What redis-py's
         pipeline does, without its per-argument encoding and per-command bookkeeping: a third of the
-        client's CPU per record at 10 KB documents (bench/run.py: raw pipelined LPUSH+PUBLISH)."""
-        settings = self.config
-        final = [entry for entry in messages if entry[1]]
+        client's CPU per record at 10 KB documents (bench/run.py: raw pipelined LPUSH+PUBLISH).
+        ``batches``: the records, and the call messages, each with its list, channel and stream."""
         parts: list[Any] = []
-        commands = 0
-        if settings.list and final:
-            parts.append(b"*%d\r\n$5\r\nLPUSH\r\n" % (len(final) + 2))
-            _bulk(parts, settings.list.encode())
-            for _, _, document in final:
-                _bulk(parts, document)
-            commands += 1
-        if settings.channel:
-            channel = settings.channel.encode()
-            head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(channel), channel)
-            for _, _, document in messages:
-                parts.append(head)
-                _bulk(parts, document)
-            commands += len(messages)
-        if settings.stream:
-            stream = settings.stream.encode()
-            trim = (b"MAXLEN", b"~", b"%d" % settings.stream_maxlen) if settings.stream_maxlen else ()
-            for uuid, _, document in final:
-                arguments = (b"XADD", stream, *trim, b"*", b"uuid", uuid.encode("utf-8", "surrogatepass"),
-                             b"record", document)
-                parts.append(b"*%d\r\n" % len(arguments))
-                for argument in arguments:
-                    _bulk(parts, argument)
-            commands += len(final)
+        maxlen = self.config.stream_maxlen
+        commands = sum(_pack(parts, messages, list_key, channel, stream, maxlen)
+                       for messages, list_key, channel, stream in batches)
         if not commands:
             return
         pool = client.connection_pool
@@ -320,29 +313,72 @@ class RedisSink:
         finally:
             pool.release(connection)
 
-    def _write_cluster(self, client: Any, messages: Sequence[Message]) -> None:
+    def _write_cluster(self, client: Any, messages: Sequence[Message], list_key: str, channel: str,
+                       stream: str) -> None:
         """Through redis-py's cluster pipeline, which sends each key's commands to its node."""
-        settings = self.config
         final = [entry for entry in messages if entry[1]]
         pipeline = client.pipeline(transaction=False)
-        if settings.list and final:
-            pipeline.lpush(settings.list, *(document for _, _, document in final))
-        if settings.stream:
-            maxlen = settings.stream_maxlen or None
+        if list_key and final:
+            pipeline.lpush(list_key, *(document for _, _, document in final))
+        if stream:
+            maxlen = self.config.stream_maxlen or None
             for uuid, _, document in final:
-                pipeline.xadd(settings.stream, {"uuid": uuid, "record": document}, maxlen=maxlen, approximate=True)
+                pipeline.xadd(stream, {"uuid": uuid, "record": document}, maxlen=maxlen, approximate=True)
         pipeline.execute()
-        if settings.channel:  # redis-py refuses PUBLISH inside a cluster pipeline: one call each
+        if channel:  # redis-py refuses PUBLISH inside a cluster pipeline: one call each
             for _, _, document in messages:
-                client.publish(settings.channel, document)
+                client.publish(channel, document)
 
     def close(self) -> None:
         client, self._client = self._client, None
+        if self._book is not None:
+            self._book.close()
         if client is not None:
             try:
                 client.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def call_messages(book: CallBook, messages: Sequence[Message]) -> list[Message]:
+    """The call messages a batch's final legs make (their calls as every kept leg makes them)."""
+    try:
+        rows = book.add([loads(document) for _, final, document in messages if final])
+    except Exception as error:  # sqlite3.Error, OSError: the book's disk; the batch is retried whole
+        raise RetriableError(f"call book {book.path}: {type(error).__name__}: {error}") from error
+    return [(str(row["uuid"]), True, dumpb(row)) for row in rows]
+
+
+def _pack(parts: list[Any], messages: Sequence[Message], list_key: str, channel: str, stream: str,
+          maxlen: int) -> int:
+    """RESP for one set of messages: one LPUSH of the final ones, a PUBLISH each, an XADD of each
+    final one. Returns how many commands (replies to read)."""
+    final = [entry for entry in messages if entry[1]]
+    commands = 0
+    if list_key and final:
+        parts.append(b"*%d\r\n$5\r\nLPUSH\r\n" % (len(final) + 2))
+        _bulk(parts, list_key.encode())
+        for _, _, document in final:
+            _bulk(parts, document)
+        commands += 1
+    if channel and messages:
+        name = channel.encode()
+        head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(name), name)
+        for _, _, document in messages:
+            parts.append(head)
+            _bulk(parts, document)
+        commands += len(messages)
+    if stream:
+        key = stream.encode()
+        trim = (b"MAXLEN", b"~", b"%d" % maxlen) if maxlen else ()
+        for uuid, _, document in final:
+            arguments = (b"XADD", key, *trim, b"*", b"uuid", uuid.encode("utf-8", "surrogatepass"),
+                         b"record", document)
+            parts.append(b"*%d\r\n" % len(arguments))
+            for argument in arguments:
+                _bulk(parts, argument)
+        commands += len(final)
+    return commands
 
 
 def _read_replies(sock: socket.socket, commands: int) -> None:

@@ -54,7 +54,7 @@ from fs_cdr.channel import decode_event, dumps
 from fs_cdr.engine import Engine
 from fs_cdr.schema import ADDED_COLUMNS, INDEXES, table_columns
 from fs_cdr.sinks.mysql import MySQL
-from fs_cdr.sinks.partitions import MonthlyPartitions
+from fs_cdr.sinks.partitions import PERIODS, Partitions
 from fs_cdr.sinks.postgres import PostgreSQL
 from fs_cdr.sinks.sql import Dialect, SqlSink, dialect_for
 
@@ -249,9 +249,10 @@ def static_details() -> str:
 class Server:
     """One database server and the benchmark's table on it."""
 
-    def __init__(self, kind: str, directory: Path, table: str, partition: bool = False) -> None:
-        self.kind, self.table, self.partitioned = kind, table, partition
-        extra: dict[str, Any] = {"partition": "month"} if partition else {}
+    def __init__(self, kind: str, directory: Path, table: str, partition: str = "") -> None:
+        """``partition``: "day", "week", "month" or "" (not partitioned)."""
+        self.kind, self.table, self.partitioned, self.period = kind, table, bool(partition), partition
+        extra: dict[str, Any] = {"partition": partition} if partition else {}
         self.config = config_for(kind, table, directory, True, **extra)
         self.database = self.config.databases[0]
         dialect = dialect_for(self.database.dbtype, self.database)
@@ -283,17 +284,17 @@ class Server:
         return found
 
     def create(self) -> None:
-        """The table as fs_cdr creates it; partitioned, with a partition for each month of the
+        """The table as fs_cdr creates it; partitioned, with a partition for each period of the
         timeline (as a table partitioned from its first day would have by now)."""
         self.drop()
         partitions = None
         if self.partitioned:
             start = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=T0)
-            partitions = MonthlyPartitions(self.dialect, self.table, clock=lambda: start)
+            partitions = Partitions(self.dialect, self.table, clock=lambda: start, period=self.period)
         for statement in self.dialect.schema_statements(self.table, self.columns, partitions):
             self.run(statement)
         if partitions is not None:
-            MonthlyPartitions(self.dialect, self.table).maintain(self.connection)
+            Partitions(self.dialect, self.table, period=self.period).maintain(self.connection)
 
     def drop(self) -> None:
         self.run(f"DROP TABLE IF EXISTS {self.dialect.quote(self.table)}")
@@ -579,7 +580,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20000, help="hangups fs_cdr writes at each size")
     parser.add_argument("--recommended", action="store_true", help="the largest size again, recommended settings")
     parser.add_argument("--index-costs", action="store_true", help="then drop each index, measuring the rate")
-    parser.add_argument("--partition", action="store_true", help='the table with "partition": "month"')
+    parser.add_argument("--partition", nargs="?", const="month", default="", choices=PERIODS,
+                        help='the table with "partition": PERIOD (day, week or month; alone: month)')
     parser.add_argument("--apply-rows", type=int, default=0,
                         help="also time schema --apply on a first-release table of this many rows")
     args = parser.parse_args()
@@ -604,7 +606,7 @@ def main() -> int:
             print(header)
             server = Server(kind, directory, f"cdr_growth_{kind}", args.partition)
             empty = Server(kind, directory, f"cdr_growth_{kind}_empty", args.partition)
-            print(f"{kind}: table {server.table}" + (', "partition": "month"' if args.partition else ""))
+            print(f"{kind}: table {server.table}" + (f', "partition": "{args.partition}"' if args.partition else ""))
             try:
                 server.create()
                 for size in sizes:

@@ -30,7 +30,7 @@ from .errors import ConfigError
 from .schema import ADDED_COLUMNS, table_columns
 from .sinks import lanes_for, targets
 from .sinks.database import DBTYPES
-from .sinks.partitions import MonthlyPartitions
+from .sinks.partitions import Partitions
 from .sinks.sql import SqlSink, dialect_for
 from .source import play
 from .spool import SpoolBusy
@@ -155,7 +155,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
         if dialect is None:
             print(f"-- {dbtype}: not supported by this build", file=sys.stderr)
             return 2
-        partitions = MonthlyPartitions(dialect, table) if serving is not None and serving.partition else None
+        partitions = (Partitions(dialect, table, period=serving.partition)
+                      if serving is not None and serving.partition else None)
         print(f"-- {dbtype}")
         for statement in dialect.schema_statements(table, table_columns(config), partitions):
             print(f"{statement};")

@@ -28,6 +28,7 @@ from ..config import (
 )
 from ..errors import ConfigError
 from ..fields import IDENTIFIER
+from .partitions import PERIODS
 
 if TYPE_CHECKING:
     from ..config import CdrConfig
@@ -73,7 +74,8 @@ class DatabaseConfig:
     driver: str = ""
     options: Mapping[str, str] = field(default_factory=dict, repr=False)
     batch: BatchSettings = BatchSettings()
-    #: "month": the table is partitioned by month of start_stamp (MySQL/MariaDB, PostgreSQL; partitions.py)
+    #: "day", "week" or "month": the table is partitioned by that period of start_stamp (MySQL/MariaDB,
+    #: PostgreSQL; partitions.py)
     partition: str = ""
     #: with monthly partitions: drop a month's partition once all of it is older than this; 0 keeps all
     retention_days: int = 0
@@ -262,15 +264,16 @@ def _database(value: object, path: str, paths: Paths, index: int, base: str) -> 
             "dbtype odbc needs the dialect its target speaks: mysql, postgresql, sqlserver, oracle or sqlite",
         )
     partition = section.text("partition")
-    if partition not in ("", "month"):
-        raise ConfigError(section.key("partition"), f"partition is \"month\" or absent, got {partition!r}")
+    if partition not in ("", *PERIODS):
+        raise ConfigError(section.key("partition"),
+                          f"partition is \"day\", \"week\", \"month\" or absent, got {partition!r}")
     if partition and dbtype not in ("mysql", "postgresql"):
-        raise ConfigError(section.key("partition"), "monthly partitions are made for MySQL/MariaDB and PostgreSQL "
+        raise ConfigError(section.key("partition"), "partitions are made for MySQL/MariaDB and PostgreSQL "
                                                     f"only, not {dbtype}")
     retention_days = section.integer("retention_days", 0, 0, 100 * 366)
     if retention_days and not partition:
-        raise ConfigError(section.key("retention_days"), "retention drops whole monthly partitions: it needs "
-                                                         "\"partition\": \"month\"")
+        raise ConfigError(section.key("retention_days"), "retention drops whole partitions: it needs "
+                                                         "\"partition\": \"day\", \"week\" or \"month\"")
     config = DatabaseConfig(
         name=section.text("name", dbtype if index == 0 else f"{dbtype}{index}"),
         partition=partition,

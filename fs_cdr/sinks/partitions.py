@@ -1,22 +1,25 @@
-"""Monthly partitions of a CDR table (``"partition": "month"``), and retention by whole partitions
-(``"retention_days": N``), for MySQL/MariaDB and PostgreSQL.
+"""Partitions of a CDR table by day, week or month of ``start_stamp`` (``"partition": "day" | "week" |
+"month"``), and retention by whole partitions (``"retention_days": N``), for MySQL/MariaDB and PostgreSQL.
 
-A partitioned table is split by ``start_stamp`` into one partition per calendar month (UTC). Its keys
-must hold the partitioning column, so the uuid key is ``(uuid, start_stamp)``: a channel's start never
-changes from one record of it to the next (hangup record, real-time update, replay, import), so the
-upsert still finds the row of that uuid, and each insert checks the uuid against the current month's
-index alone, which stays small however many months the table holds. ``start_stamp`` is NOT NULL in
-such a table: a record without a start time is refused (and set aside, as any refused record).
+A partitioned table is split by ``start_stamp`` into one partition per calendar day, ISO week (Monday
+to Sunday) or calendar month, all in UTC. Its keys must hold the partitioning column, so the uuid key
+is ``(uuid, start_stamp)``: a channel's start never changes from one record of it to the next (hangup
+record, real-time update, replay, import), so the upsert still finds the row of that uuid, and each
+insert checks the uuid against the current partition's index alone, which stays small however many
+partitions the table holds. That is what keeps the write rate of a growing table: the partition's
+random indexes (uuid, call_uuid, destination) must fit in the server's memory, so choose the period
+by the volume (docs/performance.md): a month of a few hundred thousand legs, a week or a day beyond.
+``start_stamp`` is NOT NULL in such a table: a record without a start time is refused (and set aside,
+as any refused record).
 
-Partitions are created ahead (this month and the next ``AHEAD_MONTHS``) when the sink opens and again
-every ``CHECK_INTERVAL_S``; a catch-all (MySQL's ``MAXVALUE`` partition, PostgreSQL's DEFAULT one)
-takes a row dated beyond them, so no row is ever refused for its date. The first month's partition
-also takes every older row (an import of last year's CDR files).
+Partitions are created ahead (this period and the next ``AHEAD[period]``) when the sink opens and
+again every ``CHECK_INTERVAL_S``; a catch-all (MySQL's ``MAXVALUE`` partition, PostgreSQL's DEFAULT
+one) takes a row dated beyond them, so no row is ever refused for its date. The first partition also
+takes every older row (an import of last year's CDR files).
 
-Retention drops a month's partition once every day of it is older than ``retention_days``, and never
-this month's or last month's (a call that started on the last evening of the month may still be
-written, or replayed from the spool, after midnight). Each drop is logged at WARNING, before and
-after.
+Retention drops a partition once every day of it is older than ``retention_days``, and never this
+period's or the one before (a call that started on the last evening of it may still be written, or
+replayed from the spool, after midnight). Each drop is logged at WARNING, before and after.
 """
 
 from __future__ import annotations
@@ -28,51 +31,70 @@ from typing import Any, Callable
 
 log = logging.getLogger("fs_cdr.sinks.partitions")
 
-AHEAD_MONTHS = 3
+PERIODS = ("day", "week", "month")
+#: How many periods ahead of this one exist (and are created every CHECK_INTERVAL_S): two weeks or more.
+AHEAD = {"day": 14, "week": 4, "month": 3}
 CHECK_INTERVAL_S = 3600.0
+#: Partitions one MySQL statement creates at most (0.4 s here on a table of 400 partitions; a year of
+#: days at once took 4.3 s, beyond what a loaded server answers within the connection's timeout).
+REORGANIZE_AT_MOST = 31
 
 
-def month_start(moment: datetime.datetime, months: int = 0) -> datetime.datetime:
-    """The first instant of the month ``months`` after the one ``moment`` is in."""
-    index = moment.year * 12 + moment.month - 1 + months
-    return datetime.datetime(index // 12, index % 12 + 1, 1)
+def period_start(moment: datetime.datetime, period: str = "month", count: int = 0) -> datetime.datetime:
+    """The first instant of the day, ISO week (Monday) or month ``count`` periods after the one
+    ``moment`` is in."""
+    if period == "month":
+        index = moment.year * 12 + moment.month - 1 + count
+        return datetime.datetime(index // 12, index % 12 + 1, 1)
+    day = datetime.datetime(moment.year, moment.month, moment.day)
+    if period == "week":
+        return day - datetime.timedelta(days=day.weekday() - 7 * count)
+    return day + datetime.timedelta(days=count)
 
 
-def partition_name(table: str, upper: datetime.datetime) -> str:
-    """The partition of the month that ends at ``upper``: ``p202612`` (MySQL names partitions per
-    table), ``cdr_p202612`` (PostgreSQL's are tables)."""
-    month = month_start(upper, -1)
-    return f"p{month.year:04d}{month.month:02d}" if not table else f"{table}_p{month.year:04d}{month.month:02d}"
+def partition_name(table: str, upper: datetime.datetime, period: str = "month") -> str:
+    """The partition of the period that ends at ``upper``, named by its first day: ``p202612`` for a
+    month, ``p20261130`` for a week or a day (MySQL names partitions per table), ``cdr_p202612``
+    (PostgreSQL's are tables)."""
+    first = period_start(upper, period, -1)
+    name = f"p{first:%Y%m}" if period == "month" else f"p{first:%Y%m%d}"
+    return f"{table}_{name}" if table else name
 
 
 def now_utc() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
-class MonthlyPartitions:
+class Partitions:
     """The partitions of one table: the DDL that creates them, and the upkeep (ahead, retention)."""
 
     def __init__(self, dialect: Any, table: str, retention_days: int = 0,
-                 clock: Callable[[], datetime.datetime] = now_utc) -> None:
+                 clock: Callable[[], datetime.datetime] = now_utc, period: str = "month") -> None:
+        if period not in PERIODS:
+            raise ValueError(f"partition period {period!r}")
         self.dialect = dialect
         self.table = table
         self.retention_days = retention_days
         self.clock = clock
+        self.period = period
         self._next_check = 0.0
         self.mysql = dialect.name == "mysql"
 
     # -- DDL -------------------------------------------------------------------------------------
 
     def uppers(self) -> list[datetime.datetime]:
-        """The upper bounds of the partitions that must exist now: this month's and the next ones'."""
+        """The upper bounds of the partitions that must exist now: this period's and the next ones'."""
         now = self.clock()
-        return [month_start(now, months) for months in range(1, AHEAD_MONTHS + 2)]
+        return [period_start(now, self.period, count) for count in range(1, AHEAD[self.period] + 2)]
+
+    def name(self, upper: datetime.datetime, table: str = "") -> str:
+        return partition_name(table, upper, self.period)
 
     def table_suffix(self) -> str:
         """What follows CREATE TABLE's closing parenthesis."""
         quote = self.dialect.quote
         if self.mysql:
-            parts = [f"PARTITION {quote(partition_name('', upper))} VALUES LESS THAN ('{upper:%Y-%m-%d}')"
+            parts = [f"PARTITION {quote(self.name(upper))} VALUES LESS THAN ('{upper:%Y-%m-%d}')"
                      for upper in self.uppers()]
             parts.append(f"PARTITION {quote('pmax')} VALUES LESS THAN (MAXVALUE)")
             return f" PARTITION BY RANGE COLUMNS({quote('start_stamp')}) (\n  " + ",\n  ".join(parts) + "\n)"
@@ -86,7 +108,7 @@ class MonthlyPartitions:
         statements = []
         lower = "MINVALUE"
         for upper in self.uppers():
-            statements.append(f"CREATE TABLE {quote(partition_name(self.table, upper))} PARTITION OF "
+            statements.append(f"CREATE TABLE {quote(self.name(upper, self.table))} PARTITION OF "
                               f"{quote(self.table)} FOR VALUES FROM ({lower}) TO ('{upper:%Y-%m-%d}')")
             lower = f"'{upper:%Y-%m-%d}'"
         statements.append(f"CREATE TABLE {quote(self.table + '_pdefault')} PARTITION OF {quote(self.table)} DEFAULT")
@@ -128,8 +150,8 @@ class MonthlyPartitions:
         for statement in statements:
             dropping = " DROP " in f" {statement} " and "PARTITION" in statement or statement.startswith("DROP TABLE")
             if dropping:
-                log.warning("table %s: retention of %d days: dropping a month of rows: %s", self.table,
-                            self.retention_days, statement)
+                log.warning("table %s: retention of %d days: dropping a %s of rows: %s", self.table,
+                            self.retention_days, self.period, statement)
             cursor = connection.cursor()
             try:
                 cursor.execute(statement)
@@ -146,22 +168,27 @@ class MonthlyPartitions:
         quote, table = self.dialect.quote, self.dialect.quote(self.table)
         bounds = sorted(upper for upper in existing.values() if upper is not None)
         last = bounds[-1] if bounds else None
-        wanted = [upper for upper in self.uppers() if last is None or upper > last]
+        horizon = self.uppers()
+        wanted = [upper for upper in horizon if last is None or upper > last]
         if not wanted:
             return []
-        if last is not None:  # one partition a month, also for the months the sink did not run
-            wanted = [month_start(last, months) for months in range(1, 12 * (wanted[-1].year - last.year)
-                                                                    + wanted[-1].month - last.month + 1)]
-        if self.mysql:
-            parts = [f"PARTITION {quote(partition_name('', upper))} VALUES LESS THAN ('{upper:%Y-%m-%d}')"
-                     for upper in wanted]
-            parts.append(f"PARTITION {quote('pmax')} VALUES LESS THAN (MAXVALUE)")
-            return [f"ALTER TABLE {table} REORGANIZE PARTITION {quote('pmax')} INTO ({', '.join(parts)})"]
+        if last is not None:  # one partition a period, also for the periods the sink did not run
+            wanted = [period_start(last, self.period, 1)]
+            while wanted[-1] < horizon[-1]:
+                wanted.append(period_start(wanted[-1], self.period, 1))
+        if self.mysql:  # a month of days at most per statement: each stays well within the timeout
+            statements = []
+            for first in range(0, len(wanted), REORGANIZE_AT_MOST):
+                parts = [f"PARTITION {quote(self.name(upper))} VALUES LESS THAN ('{upper:%Y-%m-%d}')"
+                         for upper in wanted[first:first + REORGANIZE_AT_MOST]]
+                parts.append(f"PARTITION {quote('pmax')} VALUES LESS THAN (MAXVALUE)")
+                statements.append(f"ALTER TABLE {table} REORGANIZE PARTITION {quote('pmax')} INTO ({', '.join(parts)})")
+            return statements
         statements = []
         lower = last
         for upper in wanted:
             start = f"'{lower:%Y-%m-%d}'" if lower is not None else "MINVALUE"
-            statements.append(f"CREATE TABLE {quote(partition_name(self.table, upper))} PARTITION OF {table} "
+            statements.append(f"CREATE TABLE {quote(self.name(upper, self.table))} PARTITION OF {table} "
                               f"FOR VALUES FROM ({start}) TO ('{upper:%Y-%m-%d}')")
             lower = upper
         return statements
@@ -170,8 +197,8 @@ class MonthlyPartitions:
         if self.retention_days <= 0:
             return []
         now = self.clock()
-        # never this month's or last month's partition, whatever the retention says
-        limit = min(now - datetime.timedelta(days=self.retention_days), month_start(now, -1))
+        # never this period's partition or the one before, whatever the retention says
+        limit = min(now - datetime.timedelta(days=self.retention_days), period_start(now, self.period, -1))
         quote, table = self.dialect.quote, self.dialect.quote(self.table)
         expired = sorted((upper, name) for name, upper in existing.items() if upper is not None and upper <= limit)
         if self.mysql:

@@ -20,7 +20,7 @@ from ..schema import ADDED_COLUMNS, INDEXES, Column, Index
 if TYPE_CHECKING:
     from ..calls import CallTable
 from .database import DatabaseConfig
-from .partitions import MonthlyPartitions
+from .partitions import Partitions
 
 log = logging.getLogger("fs_cdr.sinks.sql")
 
@@ -70,7 +70,7 @@ class Dialect:
                     f"  UNIQUE ({self.quote('uuid')}{also})"]
         return [f"  PRIMARY KEY ({self.quote('uuid')}{also})"]
 
-    def create_table(self, table: str, columns: Sequence[Column], partitions: Optional[MonthlyPartitions] = None) -> str:
+    def create_table(self, table: str, columns: Sequence[Column], partitions: Optional[Partitions] = None) -> str:
         lines = [f"  {self.quote(column.name)} {self.types[column.kind]}"
                  + (" NOT NULL" if partitions is not None and column.name == "start_stamp" else "")
                  for column in columns]
@@ -95,7 +95,7 @@ class Dialect:
         return f"CREATE INDEX {self.quote(index.name(table))} ON {self.quote(table)} ({columns})"
 
     def schema_statements(self, table: str, columns: Sequence[Column],
-                          partitions: Optional[MonthlyPartitions] = None) -> list[str]:
+                          partitions: Optional[Partitions] = None) -> list[str]:
         """Everything a new table needs: CREATE TABLE (and its partitions), then its indexes."""
         return ([self.create_table(table, columns, partitions)]
                 + (partitions.create_statements() if partitions is not None else [])
@@ -197,8 +197,8 @@ class SqlSink:
         self.create = create
         self.connection: Any = None
         self._bulk_after = 0.0
-        self.partitions = (MonthlyPartitions(dialect, config.table, config.retention_days)
-                           if config.partition == "month" else None)
+        self.partitions = (Partitions(dialect, config.table, config.retention_days, period=config.partition)
+                           if config.partition else None)
         #: the standard columns added since the table was created (``schema.ADDED_COLUMNS``), which it
         #: is written without
         self.lacking: tuple[str, ...] = ()

@@ -39,7 +39,11 @@ def _layout() -> tuple[Path, Path, Path, Path]:
     root = Path(prefix)
     if root == Path("/usr"):  # FHS, as Debian's packages and FreeSWITCH's own debian/rules install it
         return root / "bin/freeswitch", root / "bin/fs_cli", root / "lib/freeswitch/mod", Path("/etc/freeswitch")
-    return root / "bin/freeswitch", root / "bin/fs_cli", root / "mod", root / "conf"
+    # a source build: FreeSWITCH's own layout (prefix/mod, prefix/conf), or the FHS one under the
+    # prefix (prefix/lib/freeswitch/mod, prefix/etc/freeswitch) that configure chooses for some prefixes
+    modules = next((path for path in (root / "mod", root / "lib/freeswitch/mod") if path.is_dir()), root / "mod")
+    conf = next((path for path in (root / "conf", root / "etc/freeswitch") if path.is_dir()), root / "conf")
+    return root / "bin/freeswitch", root / "bin/fs_cli", modules, conf
 
 
 FS_BIN, FS_CLI, FS_MOD, FS_CONF = _layout()
@@ -227,9 +231,11 @@ class LiveSwitch:
         (self.conf / "autoload_configs/switch.conf.xml").write_text(switch)
         self._own_settings()
         # FreeSWITCH's own CDR modules are not what is under test here (the benchmark compares them)
-        modules = (self.conf / "autoload_configs/modules.conf.xml").read_text()
+        # the installed file's comments go first: a load line inside a comment (even one spanning
+        # lines) is not loaded, and must not be taken for one or get a nested comment
+        modules = re.sub(r"<!--.*?-->", "", (self.conf / "autoload_configs/modules.conf.xml").read_text(),
+                         flags=re.DOTALL)
         for module in {"mod_cdr_csv", "mod_cdr_sqlite", "mod_json_cdr", "mod_xml_cdr"} - set(self.native_cdr):
-            # only a line that loads it: one already inside a comment must not get a nested comment
             modules = re.sub(rf'^(\s*)<load module="{module}"/>', rf"\1<!-- {module} off for tests -->", modules,
                              flags=re.MULTILINE)
         for module in self.native_cdr:

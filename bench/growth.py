@@ -392,6 +392,15 @@ class Server:
         return (f"INSERT INTO {quote(self.table)} ({', '.join(quote(name) for name in names)}) "
                 f"SELECT {', '.join(values)} FROM {seed}")
 
+    def page_reads(self) -> int:
+        """Pages the server has read from disk so far (MariaDB: Innodb_buffer_pool_reads, the reads
+        the buffer pool missed; PostgreSQL: blks_read of this database, which the kernel's page
+        cache may still have served)."""
+        if self.kind == "mysql":
+            return int(self.run("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_reads'")[0][1])
+        self.run("SELECT pg_stat_clear_snapshot()")
+        return int(self.run("SELECT blks_read FROM pg_stat_database WHERE datname = current_database()")[0][0])
+
     def count(self) -> int:
         return int(self.run(f"SELECT count(*) FROM {self.dialect.quote(self.table)}")[0][0])
 
@@ -526,14 +535,21 @@ def measure(server: Server, empty: Server, records: int, label: str, report: Cal
     """fs_cdr's rate at this size as a ratio to its rate into an empty table, measured in turns
     (empty, this table, empty, this table...: this machine is shared and its speed moves from one
     minute to the next), each side's fastest round counting; then the queries and the disk."""
-    rates, empties = [], []
+    rates, empties, reads, empty_reads = [], [], [], []
     for _ in range(rounds):
         empty.create()
+        before = empty.page_reads()
         empties.append(write_rate(empty, growth_stream(records)))
+        empty_reads.append(empty.page_reads() - before)
+        before = server.page_reads()
         rates.append(write_rate(server, growth_stream(records)))
+        reads.append(server.page_reads() - before)
     empty.drop()
     rate, empty_rate = max(rates), max(empties)
     label = f"{label} ({' / '.join(f'{each:,.0f}' for each in rates)}; empty {' / '.join(f'{each:,.0f}' for each in empties)})"
+    # what the server read from disk while fs_cdr wrote: pages a record, this table / the empty one
+    print(f"    (pages read from disk a record while writing: {' / '.join(f'{each / records:.2f}' for each in reads)}; "
+          f"empty {' / '.join(f'{each / records:.2f}' for each in empty_reads)})", flush=True)
     rows = server.count()
     disk = server.disk_bytes()
     per_million = f"{disk / 2**30 / (rows / 1e6):.2f} GB" if rows >= 100_000 else "-"

@@ -651,8 +651,9 @@ enum {
     V_CONTEXT = V_DESTINATION + 2, V_CHANNEL_NAME = V_CONTEXT + 2, V_BRIDGE_UUID = V_CHANNEL_NAME + 2,
     V_LAST_BRIDGE_TO = V_BRIDGE_UUID + 2, V_CALL_SOURCE = V_LAST_BRIDGE_TO + 2, V_SOURCE_NAME = V_CALL_SOURCE + 2,
     V_SOURCE_NUMBER = V_SOURCE_NAME + 2, V_DIAL_NUMBER = V_SOURCE_NUMBER + 2, V_LINE_GROUP = V_DIAL_NUMBER + 2,
-    V_HANGUP_CAUSE = V_LINE_GROUP + 2,
-    KEY_COUNT = V_HANGUP_CAUSE + 2
+    V_HANGUP_CAUSE = V_LINE_GROUP + 2, V_ORIGINATED_LEGS = V_HANGUP_CAUSE + 2,
+    V_PRESENCE_ID = V_ORIGINATED_LEGS + 2,
+    KEY_COUNT = V_PRESENCE_ID + 2
 };
 
 static const char *const key_names[KEY_COUNT] = {
@@ -671,7 +672,8 @@ static const char *const key_names[KEY_COUNT] = {
     PREFIX "last_bridge_to", "last_bridge_to", PREFIX "call_source", "call_source",
     PREFIX "source_name", "source_name", PREFIX "source_number", "source_number",
     PREFIX "dial_number", "dial_number", PREFIX "cti_line_group_name", "cti_line_group_name",
-    PREFIX "hangup_cause", "hangup_cause",
+    PREFIX "hangup_cause", "hangup_cause", PREFIX "originated_legs", "originated_legs",
+    PREFIX "presence_id", "presence_id",
 };
 
 /* The record's standard columns, in record.RecordBuilder._columns' order. */
@@ -913,6 +915,12 @@ static PyObject *columns(PyObject *module, PyObject *args)
 
     /* every lookup _columns makes, in its order (none waits on a value found: see _read_variables) */
     for (int k = 0; k < KEY_COUNT; k += k < V_START ? 1 : 2) {
+        if (k == V_ORIGINATED_LEGS) {  /* a list on most a-legs: only whether it is there counts */
+            v[k] = either_key(headers, keys[k], keys[k + 1]);
+            if (!v[k] && PyErr_Occurred())
+                goto done;
+            continue;
+        }
         v[k] = k < V_START ? header_of(headers, k) : variable_of(headers, k);
         CHECK(v[k]);
         if (!v[k] && PyErr_Occurred())  /* a key of the dict whose comparison with a str raised */
@@ -955,10 +963,18 @@ static PyObject *columns(PyObject *module, PyObject *args)
 
     text[C_CALL_UUID] = EITHER(v[H_CALL_UUID], v[V_CALL_UUID]);
     text[C_DIRECTION] = EITHER(v[V_DIRECTION], v[H_DIRECTION]);
-    {  /* record._account: account, sip_gateway_name, then the dialled or the authenticated user by leg */
-        PyObject *first = b_leg ? v[V_DIALED_USER] : v[V_USER_NAME];
-        PyObject *second = b_leg ? v[V_USER_NAME] : v[V_DIALED_USER];
+    {  /* record._account: account, sip_gateway_name, then the dialled or the authenticated user by leg
+        * (a leg the switch dialled: not an inbound one); a dialled leg that dialled out itself takes
+        * its user from presence_id, in Python (rare: an agent's attended transfer) */
+        int dialled = b_leg && !(truthy_text(text[C_DIRECTION])
+                                 && PyUnicode_CompareWithASCIIString(text[C_DIRECTION], "inbound") == 0);
+        PyObject *first = dialled ? v[V_DIALED_USER] : v[V_USER_NAME];
+        PyObject *second = dialled ? v[V_USER_NAME] : v[V_DIALED_USER];
         PyObject *found = EITHER(v[V_ACCOUNT], v[V_GATEWAY]);
+        PyObject *originated = v[V_ORIGINATED_LEGS];
+        if (!truthy_text(found) && dialled && truthy_text(v[V_PRESENCE_ID]) && originated
+            && (!PyUnicode_Check(originated) || PyUnicode_GET_LENGTH(originated) > 0))
+            goto python;
         text[C_ACCOUNT] = truthy_text(found) ? found : EITHER(first, second);
     }
     text[C_CID_NAME] = EITHER(v[H_CID_NAME], v[V_CID_NAME]);

@@ -20,7 +20,8 @@ from .schema import Column
 #: The extended columns, after the standard ones (and ``details``), before ``fields``.
 EXTENDED_COLUMNS: tuple[Column, ...] = (
     Column("call_key", "short", "the uuid of the leg the call started on: cc_member_session_uuid (a queue's "
-                                "agent leg), else originator, else this leg's uuid (docs/call-center.md)"),
+                                "agent leg), else originator (an outbound leg), else this leg's uuid "
+                                "(docs/call-center.md)"),
     Column("outcome", "short", "answered, no_answer, busy, cancelled, rejected, failed or voicemail; NULL "
                                "when the leg's variables do not tell (docs/call-center.md)"),
     Column("hangup_by", "short", "caller, callee or system: whose side ended this leg; NULL when undecided"),
@@ -118,10 +119,13 @@ def _sip_status(term: str | None, proto: str | None) -> int | None:
 
 def _transfers(history: str | None, originated: bool) -> int:
     """FreeSWITCH appends one ``epoch:uuid:kind:destination`` entry per transfer (``|:`` between them);
-    an originate that sends its leg to a dialplan extension makes the first one (kind bl_xfer)."""
+    an originate that sends its leg to a dialplan extension makes the first one (kind bl_xfer).
+    ``uuid_br`` entries are not counted: uuid_bridge writes one on each of the two legs it joins
+    (mod_callcenter's member and agent, an attended transfer's caller and consultation leg), and the
+    call counts the leg that joined it instead (calls.call_row)."""
     if not history:
         return 0
-    count = history.count("|:") + 1
+    count = history.count("|:") + 1 - history.count(":uuid_br:")
     return max(0, count - 1) if originated else count
 
 
@@ -204,6 +208,10 @@ def leg_columns(headers: Headers, uuid: str, originator: str | None) -> dict[str
         else _micro(value) for value in (start, progress, media, answer, bridge, end)]
     cause = cause or hangup_cause
     inbound = (direction or call_direction) == "inbound"
+    if inbound:
+        # a leg that came to the switch started its call: the originator FreeSWITCH sets on it when
+        # uuid_bridge joins it to another leg (an attended transfer's consultation leg) is not its origin
+        originator = None
     answered = answer_us is not None
     number, talk, held = _whole(q850), _whole(billmsec), _whole(hold)
     destination = caller_destination or destination

@@ -185,12 +185,20 @@ def _int_or_none(value: Value) -> Optional[int]:
 def _account(headers: Headers, b_leg: bool) -> Optional[str]:
     """The extension or line a leg belongs to: ``account`` when the dialplan set it, else the gateway
     a b-leg went out through, else the dialled user (b-leg) or the authenticated user (a-leg).
-    FreeSWITCH copies ``dialed_user`` onto the caller's channel too, hence the order by leg."""
+    FreeSWITCH copies ``dialed_user`` onto the caller's channel too, hence the order by leg; and a
+    b-leg that dialled out itself (an agent's attended transfer: ``originated_legs``) has the last
+    user it dialled there, so its own comes from ``presence_id`` (user@domain, set when it was
+    dialled). ``b_leg``: dialled by the switch (an inbound leg that uuid_bridge later joined to
+    another has an originator, but is the caller's own)."""
     found = variable(headers, "account") or variable(headers, "sip_gateway_name")
     if found:
         return found
+    originated, presence = variable(headers, "originated_legs"), variable(headers, "presence_id")
+    if b_leg and originated and presence and "@" in presence:
+        return presence.partition("@")[0]
     first, second = ("dialed_user", "user_name") if b_leg else ("user_name", "dialed_user")
     return variable(headers, first) or variable(headers, second)
+
 
 
 def leg_of(headers: Headers) -> str:
@@ -483,7 +491,8 @@ class RecordBuilder:
             "leg": "b" if originator else "a",
             "call_uuid": header(headers, "Channel-Call-UUID") or variable(headers, "call_uuid"),
             "direction": variable(headers, "direction") or header(headers, "Call-Direction"),
-            "account": _account(headers, bool(originator)),
+            "account": _account(headers, bool(originator) and (variable(headers, "direction")
+                                                                or header(headers, "Call-Direction")) != "inbound"),
             "caller_id_name": header(headers, "Caller-Caller-ID-Name") or variable(headers, "caller_id_name"),
             "caller_id_number": header(headers, "Caller-Caller-ID-Number")
             or variable(headers, "caller_id_number"),

@@ -28,12 +28,18 @@ EVENTS = ("CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_UNBRIDGE CHANNEL
 INTERNAL_PORT = "@@internal_port@@"
 
 
-def phone(destination: str, talk_ms: int, timeout_s: int = 20) -> str:
+def phone(destination: str, talk_ms: int, timeout_s: int = 20, wait_for_answer: bool = False) -> str:
     """``bgapi originate``: extension 1100's SIP phone calls ``destination`` and hangs up ``talk_ms`` after
-    the answer (or gives up ringing after ``timeout_s``). Its own leg is left out with fs_cdr_skip."""
+    the answer (or gives up ringing after ``timeout_s``). Its own leg is left out with fs_cdr_skip.
+
+    An originate counts early media (183 Session Progress, which the switch sends while a line rings)
+    as its success unless told ``ignore_early_media``: then the phone's ``talk_ms`` starts at the first
+    ring, as a caller who gives up after a while. ``wait_for_answer`` makes it wait for the answer
+    (a hunt, whose first line rings out before the next one answers)."""
+    early = ",ignore_early_media=true" if wait_for_answer else ""
     return (f"bgapi originate {{fs_cdr_skip=true,sip_auth_username=1100,sip_auth_password={PASSWORD},"
-            f"origination_caller_id_number=1100,origination_caller_id_name=Phone1100,originate_timeout={timeout_s}}}"
-            f"sofia/external/{destination}@127.0.0.1:{INTERNAL_PORT} &sleep({talk_ms})")
+            f"origination_caller_id_number=1100,origination_caller_id_name=Phone1100,originate_timeout={timeout_s}"
+            f"{early}}}sofia/external/{destination}@127.0.0.1:{INTERNAL_PORT} &sleep({talk_ms})")
 
 
 #: An action: when an event matches (name, Channel-Name prefix), wait, then run a command made from
@@ -48,7 +54,7 @@ def uuid_of(seen: dict[str, dict[str, Any]], prefix: str) -> str:
 SCENARIOS: dict[str, tuple[str, str, list[Action]]] = {
     "cc_ring_group": ("three lines ring at once (2000), 1101 answers, 1102 and 1103 lose the race",
                       phone("2000", 2000), []),
-    "cc_hunt": ("2100 rings 1102 for 3 s (no answer), then 1101, which answers", phone("2100", 2000), []),
+    "cc_hunt": ("2100 rings 1102 for 3 s (no answer), then 1101, which answers", phone("2100", 2000, wait_for_answer=True), []),
     "cc_caller_cancel": ("1100 calls 1102, which never answers; the caller hangs up after 3 s of ringing",
                          phone("1102", 1000, timeout_s=3), []),
     "cc_blind_transfer": (
@@ -58,12 +64,12 @@ SCENARIOS: dict[str, tuple[str, str, list[Action]]] = {
         [("CHANNEL_ANSWER", "null/1101", 1.5,
           lambda seen: f"uuid_transfer {uuid_of(seen, 'sofia/internal/1100')} 1103 XML default")]),
     "cc_attended_transfer": (
-        ("1100 calls 1101; 1101 consults 1103 (att_xfer), then hangs up, which joins the caller to 1103; the "
-        "caller hangs up 8 s after the first answer"),
+        ("1100 calls 1101; 1101 consults 1103 (att_xfer), then hangs up with the transfer's hangup key (*, "
+        "attxfer_hangup_key), which joins the caller to 1103; the caller hangs up 8 s after the first answer"),
         phone("1101", 8000),
         [("CHANNEL_ANSWER", "null/1101", 1.5,
           lambda seen: f"uuid_broadcast {uuid_of(seen, 'null/1101')} att_xfer::user/1103@127.0.0.1 aleg"),
-         ("CHANNEL_ANSWER", "null/1103", 1.0, lambda seen: f"uuid_kill {uuid_of(seen, 'null/1101')}")]),
+         ("CHANNEL_ANSWER", "null/1103", 1.0, lambda seen: f"uuid_recv_dtmf {uuid_of(seen, 'null/1101')} *")]),
     "cc_queue_answered": ("1100 calls queue fs_cdr_support (7100, mod_callcenter); agent 1101 answers",
                           phone("7100", 3000), []),
     "cc_queue_abandoned": ("1100 calls queue fs_cdr_overflow (7101, no agent) and gives up after 3 s",

@@ -110,9 +110,9 @@ def test_the_newest_call_message_is_the_same_in_any_order_and_with_replays(keys,
 def test_a_call_message_waits_for_its_originating_leg(keys, tmp_path) -> None:
     sink = redis_sink(tmp_path, keys)
     try:
-        sink.write([leg for leg in MANY if leg["leg"] == "b"])
+        sink.write([leg for leg in MANY if leg["call_key"] != leg["uuid"]])
         assert redis_calls(keys + "_call") == {}
-        sink.write([leg for leg in MANY if leg["leg"] == "a"])
+        sink.write([leg for leg in MANY if leg["call_key"] == leg["uuid"]])  # the originating legs
     finally:
         sink.close()
     assert redis_calls(keys + "_call") == EXPECTED_CALLS
@@ -142,7 +142,8 @@ def test_a_book_that_cannot_be_written_fails_the_batch_so_it_is_retried(keys, tm
 
 def test_the_book_forgets_legs_it_took_longer_ago_than_keep_hours(tmp_path) -> None:
     book = CallBook(str(tmp_path / "calls.sqlite"), keep_s=3600)
-    b_legs, a_legs = [leg for leg in MANY if leg["leg"] == "b"], [leg for leg in MANY if leg["leg"] == "a"]
+    b_legs = [leg for leg in MANY if leg["call_key"] != leg["uuid"]]
+    a_legs = [leg for leg in MANY if leg["call_key"] == leg["uuid"]]  # the originating legs
     try:
         book.add(b_legs, now=1_000_000)  # legs recorded days ago, replayed now: kept from now on
         assert all(row["legs"] > 1 or row["uuid"] not in {leg["call_key"] for leg in b_legs}

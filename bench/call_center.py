@@ -5,9 +5,10 @@ the same run, in interleaved rounds (baseline, extended, baseline, extended...),
    columns and with ``"columns": "extended"``, on bench/run.py's 200-variable recorded hangups;
 2. the SQL sink's write of 500-leg batches (two-leg calls made from the recorded extension-to-extension
    call, each with its own uuids), standard columns / extended columns / extended + the call table,
-   on SQLite, MariaDB and PostgreSQL (one writer, in this process).
+   on SQLite, MariaDB and PostgreSQL (one writer, in this process); and the Redis sink's, standard /
+   extended / extended + call messages (the call book).
 
-    .venv/bin/python bench/call_center.py [--records N] [--rounds N] [--kinds sqlite,mysql,postgresql]
+    .venv/bin/python bench/call_center.py [--records N] [--rounds N] [--kinds sqlite,mysql,postgresql,redis]
 """
 
 from __future__ import annotations
@@ -62,7 +63,38 @@ def database(kind: str, table: str, directory: Path) -> dict[str, Any]:
     return dict(entry, table=table, worker_process=False)
 
 
+def redis_rate(variant: str, count: int, directory: Path) -> float:
+    """Legs/s into a Redis list (one LPUSH a batch), standard / extended columns / extended + call
+    messages on a list of their own (the call book beside the spool: fs_cdr/calls.py CallBook)."""
+    import redis
+
+    from fs_cdr.sinks import targets
+
+    key = f"bench_cc_{variant}_{uuidlib.uuid4().hex[:6]}"
+    section: dict[str, Any] = {"host": "127.0.0.1", "list": key}
+    cdr: dict[str, Any] = {"redis": section, "spool_dir": str(directory / f"spool-{key}")}
+    if variant != "standard":
+        cdr["columns"] = "extended"
+    if variant == "calls":
+        section["calls"] = {"list": key + "_call"}
+    config = parse_config({"cdr": cdr}, Paths(str(directory), str(directory), str(directory)))
+    legs = call_legs(count, {"cdr": dict(cdr)})
+    (target,) = targets(config)
+    sink = target.open_sink()
+    sink.open()
+    try:
+        started = time.perf_counter()
+        for start in range(0, len(legs), 500):
+            sink.write(legs[start:start + 500])
+        return len(legs) / (time.perf_counter() - started)
+    finally:
+        sink.close()
+        redis.Redis().delete(key, key + "_call")
+
+
 def sink_rate(kind: str, variant: str, count: int, directory: Path) -> float:
+    if kind == "redis":
+        return redis_rate(variant, count, directory)
     table = f"bench_cc_{variant}_{uuidlib.uuid4().hex[:6]}"
     cdr: dict[str, Any] = {"database": database(kind, table, directory), "spool_dir": str(directory / "spool")}
     if variant != "standard":
@@ -93,7 +125,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--kinds", default="sqlite,mysql,postgresql")
+    parser.add_argument("--kinds", default="sqlite,mysql,postgresql,redis")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         directory = Path(name)

@@ -93,7 +93,10 @@ def set_variable(text: str, name: str, value: str) -> str:
 
 
 def set_param(text: str, name: str, value: str) -> str:
-    """A ``<param name=... value=...>`` of a configuration file set to ``value`` (added if missing)."""
+    """A ``<param name=... value=...>`` of a configuration file set to ``value`` (added if missing).
+    The file's comments go first: a commented-out param (FreeSWITCH's own switch.conf.xml ships the
+    RTP port range so) must not be the one set, or the setting silently stays at its default."""
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)
     pattern = rf'<param\s+name="{re.escape(name)}"\s+value="[^"]*"\s*/>'
     line = f'<param name="{name}" value="{value}"/>'
     if re.search(pattern, text):

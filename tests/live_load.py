@@ -41,7 +41,8 @@ SQL_TARGETS: dict[str, dict[str, Any]] = {
 #: wins a race), so across runs it is only checked to be there; tests/test_freeswitch_realtime_load.py
 #: compares it exactly, against a hangup-only table fed by the same FreeSWITCH.
 RUN_DEPENDENT = frozenset(("uuid", "call_uuid", "bridge_uuid", "originator", "core_uuid", "start_epoch", "answer_epoch",
-                           "end_epoch", "duration", "billsec", "event_seq", "details"))
+                           "end_epoch", "duration", "billsec", "event_seq", "details",
+                           "start_stamp", "answer_stamp", "end_stamp", "billmsec"))
 
 
 def start_own(live: LiveSwitch, wait_s: float = 1800.0, quiet_s: float = 20.0) -> None:
@@ -181,7 +182,8 @@ def difference(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> s
     extra, missing = ours - theirs, theirs - ours
     parts = [f"{count} x {unusual(key)} only here" for key, count in extra.items()]
     parts += [f"{count} x {unusual(key)} only in the reference" for key, count in missing.items()]
-    return "; ".join(parts)
+    shown = parts[:6]  # enough to tell what differs; the rest counted
+    return "; ".join(shown) + (f"; and {len(parts) - len(shown)} more kinds of row" if len(parts) > len(shown) else "")
 
 
 def _as_number(value: Any) -> Any:

@@ -63,6 +63,14 @@ def database(kind: str, table: str, directory: Path) -> dict[str, Any]:
     return dict(entry, table=table, worker_process=False)
 
 
+def timed_writes(sink: Any, legs: list[dict[str, Any]]) -> float:
+    """Legs/s through ``sink.write`` in batches of 500."""
+    started = time.perf_counter()
+    for start in range(0, len(legs), 500):
+        sink.write(legs[start:start + 500])
+    return len(legs) / (time.perf_counter() - started)
+
+
 def redis_rate(variant: str, count: int, directory: Path) -> float:
     """Legs/s into a Redis list (one LPUSH a batch), standard / extended columns / extended + call
     messages on a list of their own (the call book beside the spool: fs_cdr/calls.py CallBook)."""
@@ -83,10 +91,7 @@ def redis_rate(variant: str, count: int, directory: Path) -> float:
     sink = target.open_sink()
     sink.open()
     try:
-        started = time.perf_counter()
-        for start in range(0, len(legs), 500):
-            sink.write(legs[start:start + 500])
-        return len(legs) / (time.perf_counter() - started)
+        return timed_writes(sink, legs)
     finally:
         sink.close()
         redis.Redis().delete(key, key + "_call")
@@ -109,10 +114,7 @@ def sink_rate(kind: str, variant: str, count: int, directory: Path) -> float:
     sink = SqlSink(dialect, entry, table_columns(config), calls_table=config.calls_table)
     sink.open()
     try:
-        started = time.perf_counter()
-        for start in range(0, len(legs), 500):
-            sink.write(legs[start:start + 500])
-        return len(legs) / (time.perf_counter() - started)
+        return timed_writes(sink, legs)
     finally:
         cursor = sink.connection.cursor()
         for name in (table + "_call", table):

@@ -1,4 +1,5 @@
-"""Stop and start the machine's real database servers, for fault tests (loopback only)."""
+"""Stop and start the machine's real database servers, for fault tests (loopback only); a RabbitMQ
+exchange of a test's own."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import signal
 import socket
 import subprocess
 import time
+import uuid as uuidlib
+from typing import Any, Iterator
 
 
 def port_open(port: int) -> bool:
@@ -92,3 +95,46 @@ class Redis(Server):
                         "--dir", self.directory, "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
                        check=True, capture_output=True)
         wait_port(self.port, up=True)
+
+
+def rabbit_exchange(prefix: str, bindings: tuple[tuple[str, str], ...]) -> Iterator[tuple[str, dict[str, str]]]:
+    """A topic exchange of its own on the local RabbitMQ with a durable queue per (name, binding key),
+    for a pytest fixture to yield from: (exchange, {name: queue}); all deleted afterwards."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    channel = connection.channel()
+    exchange = prefix + uuidlib.uuid4().hex[:8]
+    channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+    queues = {}
+    for name, key in bindings:
+        queue = f"{exchange}.{name}"
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, exchange, key)
+        queues[name] = queue
+    connection.close()
+    try:
+        yield exchange, queues
+    finally:
+        connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+        channel = connection.channel()
+        for queue in queues.values():
+            channel.queue_delete(queue)
+        channel.exchange_delete(exchange)
+        connection.close()
+
+
+def rabbit_drain(queue: str) -> list[tuple[Any, Any, bytes]]:
+    """Every message waiting in ``queue`` of the local RabbitMQ, taken off it: (method, properties, body)."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    channel = connection.channel()
+    found = []
+    while True:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            break
+        found.append((method, properties, body))
+    connection.close()
+    return found

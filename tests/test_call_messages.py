@@ -16,6 +16,7 @@ import pytest
 from conftest import hangups, make_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from servers import rabbit_drain, rabbit_exchange
 from test_call_center import EXPECTED_CALLS, MANY, RECORDED, SCENARIOS, call_of, legs_of
 
 from fs_cdr.calls import CallBook, calls_of
@@ -175,40 +176,8 @@ def test_a_sink_with_call_messages_has_one_writer(tmp_path) -> None:
 # -- RabbitMQ ---------------------------------------------------------------------------------------
 @pytest.fixture
 def rabbit_calls():
-    pika = pytest.importorskip("pika")
-    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
-    channel = connection.channel()
-    exchange = "fs_cdr_calls_" + uuidlib.uuid4().hex[:8]
-    channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-    queues = {}
-    for name, key in (("legs", "cdr.#"), ("calls", "call.#")):
-        queue = f"{exchange}.{name}"
-        channel.queue_declare(queue, durable=True)
-        channel.queue_bind(queue, exchange, key)
-        queues[name] = queue
-    connection.close()
-    yield exchange, queues
-    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
-    channel = connection.channel()
-    for queue in queues.values():
-        channel.queue_delete(queue)
-    channel.exchange_delete(exchange)
-    connection.close()
-
-
-def drain(queue: str) -> list[tuple[Any, Any, bytes]]:
-    import pika
-
-    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
-    channel = connection.channel()
-    found = []
-    while True:
-        method, properties, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            break
-        found.append((method, properties, body))
-    connection.close()
-    return found
+    pytest.importorskip("pika")
+    yield from rabbit_exchange("fs_cdr_calls_", (("legs", "cdr.#"), ("calls", "call.#")))
 
 
 def test_each_recorded_call_reaches_rabbitmq_with_its_own_routing_key(rabbit_calls, tmp_path, engines) -> None:
@@ -221,12 +190,12 @@ def test_each_recorded_call_reaches_rabbitmq_with_its_own_routing_key(rabbit_cal
     for event in events + events[: len(events) // 2]:
         engine.handle(dict(event))
     assert engine.flush(30), engine.status()
-    calls = drain(queues["calls"])
+    calls = rabbit_drain(queues["calls"])
     assert calls and all(properties.type == "call" and properties.delivery_mode == 2 for _, properties, _ in calls)
     assert all(method.routing_key == f"call.{json.loads(body)['outcome'] or ''}" for method, _, body in calls)
     assert all(properties.message_id == json.loads(body)["uuid"] for _, properties, body in calls)
     found = latest([body for _, _, body in calls])
     assert found == calls_of([leg for scenario in RECORDED for leg in legs_of(scenario)])
-    legs = drain(queues["legs"])
+    legs = rabbit_drain(queues["legs"])
     assert all(properties.type is None for _, properties, _ in legs)
     assert len({json.loads(body)["uuid"] for _, _, body in legs}) == len(MANY)

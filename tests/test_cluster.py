@@ -7,12 +7,12 @@ import json
 import subprocess
 import threading
 import time
-import uuid as uuidlib
 from collections import Counter
 
 import pytest
-
 from conftest import database_entry, drop_table, hangups, make_config, rows
+from servers import rabbit_drain, rabbit_exchange
+
 from fs_cdr.engine import Engine
 
 TEMPLATE = hangups("b_bridge_null")[1]
@@ -25,39 +25,15 @@ def event(tag: str, index: int, switch: str = "sw1", direction: str = "inbound")
 
 @pytest.fixture
 def rabbit():
-    pika = pytest.importorskip("pika")
-    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
-    channel = connection.channel()
-    exchange = "fs_cdr_test_" + uuidlib.uuid4().hex[:8]
-    channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-    queues = {}
-    for name, key in (("inbound", "cdr.inbound.#"), ("outbound", "cdr.outbound.#")):
-        queue = f"{exchange}.{name}"
-        channel.queue_declare(queue, durable=True)
-        channel.queue_bind(queue, exchange, key)
-        queues[name] = queue
-    yield exchange, queues
-    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
-    channel = connection.channel()
-    for queue in queues.values():
-        channel.queue_delete(queue)
-    channel.exchange_delete(exchange)
-    connection.close()
+    pytest.importorskip("pika")
+    yield from rabbit_exchange("fs_cdr_test_", (("inbound", "cdr.inbound.#"), ("outbound", "cdr.outbound.#")))
 
 
 def drain(queue: str) -> list[dict]:
-    import pika
-
-    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
-    channel = connection.channel()
     found = []
-    while True:
-        method, properties, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            break
+    for _, properties, body in rabbit_drain(queue):
         assert properties.delivery_mode == 2 and properties.message_id
         found.append(json.loads(body))
-    connection.close()
     return found
 
 

@@ -359,6 +359,16 @@ class LiveSwitch:
         self.kill()  # never leave a half-started switch holding its ports
         raise RuntimeError("FreeSWITCH did not become ready")
 
+    def wait_for_fs_cdr(self, timeout_s: float = 30.0) -> bool:
+        """Until fs_cdr's engine runs in this switch (mod_python3's startup load may still be starting
+        it when FreeSWITCH says it is ready: a call placed before then has events fs_cdr never sees)."""
+        def running() -> bool:
+            try:
+                return "config" in json.loads(self.api("python fs_cdr status json", timeout_s=5))
+            except ValueError:
+                return False
+        return self.wait_until(running, timeout_s, 0.3)
+
     def api(self, command: str, timeout_s: float = 30.0) -> str:
         """An API command through the event socket, as ``fs_cli -x`` runs it."""
         try:

@@ -19,12 +19,15 @@ their calls are different calls.
 from __future__ import annotations
 
 import operator
+import os
+import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Optional
 
 from .config import Section, SectionContext
-from .errors import ConfigError
+from .errors import ConfigError, RetriableError
 from .fields import Value
 from .schema import Column
 
@@ -296,9 +299,6 @@ def call_book(calls: CallMessages | None, name: str, batch: Any, config: Any) ->
     """The book's file for a message sink's lane (beside its spool), and its batch settings: one
     writer when it has a book (two would each miss the other's legs, as fs_cdr/calls.py says of a
     database's call table)."""
-    import os
-    from dataclasses import replace
-
     if calls is None:
         return "", batch
     return os.path.join(config.spool_dir, name, "calls.sqlite"), replace(batch, workers=1)
@@ -319,6 +319,11 @@ class CallBook:
 
     LEGS = "legs"
 
+    @classmethod
+    def for_sink(cls, path: str, calls: Optional[CallMessages]) -> Optional["CallBook"]:
+        """A message sink's book: at ``path`` (:func:`call_book`) when its section has ``calls``."""
+        return cls(path, calls.keep_hours * 3600) if calls is not None and path else None
+
     def __init__(self, path: str, keep_s: float = 2 * 86400.0) -> None:
         from .sinks.sqlite import SQLite
 
@@ -331,9 +336,6 @@ class CallBook:
         self._expired_at = 0.0
 
     def open(self) -> None:
-        import os
-        import sqlite3
-
         if self._connection is not None:
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -354,17 +356,20 @@ class CallBook:
 
     def add(self, legs: Sequence[Mapping[str, Any]], now: float | None = None) -> list[dict[str, Value]]:
         """Keep these final legs (records or their JSON documents decoded); the rows of every call
-        they touch. Raises ``sqlite3.Error`` (the caller retries the batch) and leaves nothing half
-        kept."""
-        import time
-
-        self.open()
+        they touch. A book that cannot be read or written (its disk) raises ``RetriableError``, so the
+        sink's batch is retried whole, and leaves nothing half kept."""
         final = [leg for leg in legs if leg.get("call_state") == "completed" and leg.get("call_key")]
         if not final:
             return []
+        try:
+            return self._add(final, time.time() if now is None else now)
+        except Exception as error:  # sqlite3.Error, OSError: the book's disk (and whatever else the batch meets)
+            raise RetriableError(f"call book {self.path}: {type(error).__name__}: {error}") from error
+
+    def _add(self, final: Sequence[Mapping[str, Any]], now: float) -> list[dict[str, Value]]:
+        self.open()
         connection = self._connection
         try:
-            now = time.time() if now is None else now
             cursor = connection.cursor()
             cursor.executemany(self._upsert, [(*(leg.get(name) for name in LEG_NAMES), int(now)) for leg in final])
             rows = self.table.refresh(cursor, final, write=False)

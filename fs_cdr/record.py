@@ -200,7 +200,6 @@ def _account(headers: Headers, b_leg: bool) -> Optional[str]:
     return variable(headers, first) or variable(headers, second)
 
 
-
 def leg_of(headers: Headers) -> str:
     """'b' when the channel has an originator (FreeSWITCH's own rule since FS-8044), else 'a'."""
     if variable(headers, "originator") or header(headers, "Other-Type") == "originator":
@@ -490,9 +489,8 @@ class RecordBuilder:
             "uuid": uuid,
             "leg": "b" if originator else "a",
             "call_uuid": header(headers, "Channel-Call-UUID") or variable(headers, "call_uuid"),
-            "direction": variable(headers, "direction") or header(headers, "Call-Direction"),
-            "account": _account(headers, bool(originator) and (variable(headers, "direction")
-                                                                or header(headers, "Call-Direction")) != "inbound"),
+            "direction": (direction := variable(headers, "direction") or header(headers, "Call-Direction")),
+            "account": _account(headers, bool(originator) and direction != "inbound"),
             "caller_id_name": header(headers, "Caller-Caller-ID-Name") or variable(headers, "caller_id_name"),
             "caller_id_number": header(headers, "Caller-Caller-ID-Number")
             or variable(headers, "caller_id_number"),

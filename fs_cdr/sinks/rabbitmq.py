@@ -127,7 +127,7 @@ class RabbitSink:
         self.config = config
         self._connection: Any = None
         self._channel: Any = None
-        self._book = CallBook(book, config.calls.keep_hours * 3600) if config.calls and book else None
+        self._book = CallBook.for_sink(book, config.calls)
 
     def open(self) -> None:
         import pika
@@ -160,12 +160,7 @@ class RabbitSink:
         if channel is None:
             raise RetriableError("not connected")
         settings = self.config
-        calls: list[dict[str, Any]] = []
-        if self._book is not None:
-            try:
-                calls = self._book.add(records)
-            except Exception as error:  # sqlite3.Error, OSError: the book's disk; the batch is retried whole
-                raise RetriableError(f"call book {self._book.path}: {type(error).__name__}: {error}") from error
+        calls = self._book.add(records) if self._book is not None else []  # before anything is published
         messages: list[tuple[str, bytes, str, str | None]] = [
             (routing_key(settings.routing_key, record), record_json(record), str(record["uuid"]), None)
                     for record in records]

@@ -208,7 +208,7 @@ class RedisSink:
         """``book``: the CallBook file call messages are made with (when the section has ``calls``)."""
         self.config = config
         self._client: Any = None
-        self._book = CallBook(book, config.calls.keep_hours * 3600) if config.calls and book else None
+        self._book = CallBook.for_sink(book, config.calls)
 
     def open(self) -> None:
         import redis
@@ -342,10 +342,7 @@ class RedisSink:
 
 def call_messages(book: CallBook, messages: Sequence[Message]) -> list[Message]:
     """The call messages a batch's final legs make (their calls as every kept leg makes them)."""
-    try:
-        rows = book.add([loads(document) for _, final, document in messages if final])
-    except Exception as error:  # sqlite3.Error, OSError: the book's disk; the batch is retried whole
-        raise RetriableError(f"call book {book.path}: {type(error).__name__}: {error}") from error
+    rows = book.add([loads(document) for _, final, document in messages if final])
     return [(str(row["uuid"]), True, dumpb(row)) for row in rows]
 
 

@@ -45,7 +45,6 @@ from live_load import (
     difference,
     drop,
     everything_built,
-    fs_cdr_status,
     incomplete,
     late_hangup_legs,
     percentile,
@@ -143,7 +142,7 @@ def attempt(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.
             live, calls, settled=lambda: everything_built(live, sessions_created(live)), rate=pace)
         live.api("python fs_cdr flush")
         run.sessions = sessions_created(live)
-        status = fs_cdr_status(live)
+        status = live.fs_cdr_status()
         if status is None or len(status["sinks"]) != 1:
             run.notes.append(f"status from fs_cdr: {status}")
         else:

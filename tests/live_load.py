@@ -59,9 +59,9 @@ def start_own(live: LiveSwitch, wait_s: float = 1800.0, quiet_s: float = 20.0) -
         time.sleep(1)
     live.start()
     mine = str(live.cdr_path)
-    if not live.wait_until(lambda: (fs_cdr_status(live) or {}).get("config") == mine, 20):
+    if not live.wait_until(lambda: (live.fs_cdr_status() or {}).get("config") == mine, 20):
         live.kill()
-        raise RuntimeError(f"fs_cdr in this FreeSWITCH does not run {mine}: {fs_cdr_status(live)}")
+        raise RuntimeError(f"fs_cdr in this FreeSWITCH does not run {mine}: {live.fs_cdr_status()}")
 
 
 def other_switches(mine: int) -> set[int]:
@@ -145,16 +145,9 @@ def sessions_created(live: LiveSwitch) -> int:
     return int(found.group(1)) if found else -1
 
 
-def fs_cdr_status(live: LiveSwitch) -> dict[str, Any] | None:
-    try:
-        return json.loads(live.api("python fs_cdr status json"))
-    except ValueError:
-        return None
-
-
 def everything_built(live: LiveSwitch, legs: int) -> bool:
     """fs_cdr built a final record for each of ``legs`` and holds none in its queues."""
-    status = fs_cdr_status(live)
+    status = live.fs_cdr_status()
     return status is not None and status["records"] >= legs and all(sink["queued"] == 0 for sink in status["sinks"])
 
 

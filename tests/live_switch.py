@@ -92,11 +92,17 @@ def set_variable(text: str, name: str, value: str) -> str:
     return text.replace("</include>", f"  {line}\n</include>", 1)
 
 
+def without_comments(text: str) -> str:
+    """A configuration file's text without its XML comments (which FreeSWITCH ignores, and which ship
+    commented-out settings and load lines that an edit must not take for live ones)."""
+    return re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)
+
+
 def set_param(text: str, name: str, value: str) -> str:
     """A ``<param name=... value=...>`` of a configuration file set to ``value`` (added if missing).
     The file's comments go first: a commented-out param (FreeSWITCH's own switch.conf.xml ships the
     RTP port range so) must not be the one set, or the setting silently stays at its default."""
-    text = re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)
+    text = without_comments(text)
     pattern = rf'<param\s+name="{re.escape(name)}"\s+value="[^"]*"\s*/>'
     line = f'<param name="{name}" value="{value}"/>'
     if re.search(pattern, text):
@@ -236,8 +242,7 @@ class LiveSwitch:
         # FreeSWITCH's own CDR modules are not what is under test here (the benchmark compares them)
         # the installed file's comments go first: a load line inside a comment (even one spanning
         # lines) is not loaded, and must not be taken for one or get a nested comment
-        modules = re.sub(r"<!--.*?-->", "", (self.conf / "autoload_configs/modules.conf.xml").read_text(),
-                         flags=re.DOTALL)
+        modules = without_comments((self.conf / "autoload_configs/modules.conf.xml").read_text())
         for module in {"mod_cdr_csv", "mod_cdr_sqlite", "mod_json_cdr", "mod_xml_cdr"} - set(self.native_cdr):
             modules = re.sub(rf'^(\s*)<load module="{module}"/>', rf"\1<!-- {module} off for tests -->", modules,
                              flags=re.MULTILINE)
@@ -359,15 +364,18 @@ class LiveSwitch:
         self.kill()  # never leave a half-started switch holding its ports
         raise RuntimeError("FreeSWITCH did not become ready")
 
+    def fs_cdr_status(self) -> Optional[dict[str, Any]]:
+        """``python fs_cdr status json``, or None while fs_cdr does not answer it."""
+        try:
+            found = json.loads(self.api("python fs_cdr status json"))
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
+
     def wait_for_fs_cdr(self, timeout_s: float = 30.0) -> bool:
         """Until fs_cdr's engine runs in this switch (mod_python3's startup load may still be starting
         it when FreeSWITCH says it is ready: a call placed before then has events fs_cdr never sees)."""
-        def running() -> bool:
-            try:
-                return "config" in json.loads(self.api("python fs_cdr status json", timeout_s=5))
-            except ValueError:
-                return False
-        return self.wait_until(running, timeout_s, 0.3)
+        return self.wait_until(lambda: "config" in (self.fs_cdr_status() or {}), timeout_s, 0.3)
 
     def api(self, command: str, timeout_s: float = 30.0) -> str:
         """An API command through the event socket, as ``fs_cli -x`` runs it."""
@@ -405,11 +413,8 @@ class LiveSwitch:
 
     def worker_pids(self) -> list[int]:
         """fs_cdr's sink workers (child processes of FreeSWITCH), from ``python fs_cdr status json``."""
-        try:
-            status = json.loads(self.api("python fs_cdr status json"))
-        except ValueError:
-            return []
-        return [pid for sink in status["sinks"] for pid in sink.get("worker_pids", [])]
+        status = self.fs_cdr_status()
+        return [pid for sink in status["sinks"] for pid in sink.get("worker_pids", [])] if status else []
 
     def started_workers(self, timeout_s: float = 10.0) -> list[int]:
         """The sink workers' pids, once there are some: FreeSWITCH says it is ready before the startup

@@ -18,7 +18,6 @@ from live_load import (
     EventCapture,
     drop,
     everything_built,
-    fs_cdr_status,
     incomplete,
     late_hangup_legs,
     read_rows,
@@ -46,10 +45,10 @@ def test_every_leg_of_a_real_time_burst_ends_as_its_hangup_only_row(tmp_path, ki
         live.place_calls(ORIGINATE, CALLS, timeout_s=180)
         # at load FreeSWITCH may fail to create a b-leg (its originate fails): every leg it did create counts
         sessions = sessions_created(live)
-        assert live.wait_until(lambda: everything_built(live, sessions), 60, 0.5), fs_cdr_status(live)
+        assert live.wait_until(lambda: everything_built(live, sessions), 60, 0.5), live.fs_cdr_status()
         assert "+OK" in live.api("python fs_cdr flush")
         events = capture.stop()
-        status = fs_cdr_status(live)
+        status = live.fs_cdr_status()
     finally:
         live.shutdown()
     try:

@@ -55,6 +55,7 @@ from live_load import (
     unlike_own_details,
 )
 from live_switch import LiveSwitch, missing_reason
+from processes import processes
 from switch_cost import _drive, _spooled
 
 
@@ -71,6 +72,8 @@ class Run:
     rate: float = 0.0
     fs_cpu: float = 0.0
     worker_cpu: float = 0.0
+    #: the database server's CPU seconds over the same span (not in cpu_per_1000: it is the server's)
+    server_cpu: float = 0.0
     conflicts: int = 0
     retries: int = 0
     spooled: int = 0
@@ -138,8 +141,10 @@ def attempt(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.
     try:
         if pace:
             capture, watcher = EventCapture(live), RowWatcher(kind, table)
+        server_before = server_cpu(kind)
         run.rate, run.fs_cpu, run.worker_cpu = _drive(
             live, calls, settled=lambda: everything_built(live, sessions_created(live)), rate=pace)
+        run.server_cpu = server_cpu(kind) - server_before
         live.api("python fs_cdr flush")
         run.sessions = sessions_created(live)
         status = live.fs_cdr_status()
@@ -199,18 +204,36 @@ def attempt(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.
     return run, rows
 
 
+#: the database servers' process names, as /proc shows them (PostgreSQL: every backend's)
+SERVER_PROCESSES = {"mariadb": ("mariadbd", "mysqld"), "postgresql": ("postgres",)}
+
+
+def server_cpu(kind: str) -> float:
+    """CPU seconds the database server's processes have used so far (a backend that ended meanwhile
+    is missing from the later sample: the runs' connections live as long as the run)."""
+    return sum(entry.cpu_s for entry in processes() if entry.name.startswith(SERVER_PROCESSES[kind]))
+
+
+def _parts(run: Run) -> str:
+    """FreeSWITCH / its sink workers / the database server, CPU-s per 1,000 calls."""
+    per = 1000 / run.calls
+    return f"{run.fs_cpu * per:.2f}/{run.worker_cpu * per:.2f}/{run.server_cpu * per:.2f}"
+
+
 def _line(run: Run) -> str:
     lag = (f"{percentile(run.lags, 0.5) * 1000:6.1f} {percentile(run.lags, 0.99) * 1000:6.1f}" if run.lags
            else f"{'':6} {'':6}")
     return (f"{run.kind:<10} {run.mode:<16} {run.rate:6.0f} {run.sessions:6} {run.rows:6} {run.not_final:5} "
             f"{'equal' if not run.same else run.same if run.same == '-' else 'DIFF':>6} {run.conflicts:4} "
             f"{run.spooled:5} {run.replayed:5} {run.stale:5} "
-            f"{run.cpu_per_1000:7.2f} {lag} {_delivery(run):>11} {run.load:5.1f} {'yes' if run.complete else 'NO':>4}"
+            f"{run.cpu_per_1000:7.2f} {_parts(run):>15} {lag} {_delivery(run):>11}"
+            f" {run.load:5.1f} {'yes' if run.complete else 'NO':>4}"
             + (f"  {'; '.join(run.notes)}" if run.notes else "") + (f"  {run.same}" if run.same not in ("", "-") else ""))
 
 
 HEADER = (f"{'database':<10} {'mode':<16} {'call/s':>6} {'legs':>6} {'rows':>6} {'!fin':>5} {'same':>6} "
-          f"{'dlk':>4} {'spool':>5} {'repl':>5} {'stale':>5} {'CPU/1k':>7} {'p50ms':>6} {'p99ms':>6} {'to ESL p50/99':>11} "
+          f"{'dlk':>4} {'spool':>5} {'repl':>5} {'stale':>5} {'CPU/1k':>7} {'fs/workers/db':>15} "
+          f"{'p50ms':>6} {'p99ms':>6} {'to ESL p50/99':>11} "
           f"{'load':>5} {'ok':>4}")
 
 
@@ -238,7 +261,8 @@ def main() -> int:
     print("columns: legs = FreeSWITCH's sessions since startup; !fin = rows not completed with details; same = rows "
           "equal to the paired hangup-only run's in the run-independent columns; dlk = deadlocks (conflicts); "
           "spool = left in the spool; repl = replayed from it; stale = updates after their leg's final; "
-          "CPU/1k = FreeSWITCH + workers CPU-s per 1,000 calls; p50/p99 = state change -> row visible (paced)\n")
+          "CPU/1k = FreeSWITCH + workers CPU-s per 1,000 calls "
+          "(fs/workers/db: each part, and the database server's beside them); p50/p99 = state change -> row visible (paced)\n")
     print(HEADER, flush=True)
     directory = Path(tempfile.mkdtemp(prefix="fs_cdr_rt-"))
     runs: list[Run] = []

@@ -346,6 +346,16 @@ class LiveSwitch:
 
     # -- process -----------------------------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> None:
+        """FreeSWITCH up on this instance's ports and, where it loads fs_cdr at startup, fs_cdr's engine
+        running: mod_python3's startup load may still be starting it when FreeSWITCH says it is ready,
+        and a call placed before then has events fs_cdr never sees."""
+        self._start_switch(timeout_s)
+        if self.fs_cdr and self.preinstalled and not self.wait_for_fs_cdr():
+            status, log = self.api("python fs_cdr status"), self.log_text()[-2000:]
+            self.kill()
+            raise RuntimeError(f"fs_cdr did not start in FreeSWITCH: {status}\n{log}")
+
+    def _start_switch(self, timeout_s: float) -> None:
         args = [str(FS_BIN), "-nc", "-nf", "-nonat", "-nonatmap",
                 "-conf", str(self.conf), "-log", str(self.log_dir), "-db", str(self.root / "db"),
                 "-run", str(self.root / "run"), "-scripts", str(self.scripts), "-storage", str(self.root / "storage"),

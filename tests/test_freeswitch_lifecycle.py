@@ -171,7 +171,6 @@ def test_kill_9_mid_call_leaves_no_ghost_call_in_real_time_rows(tmp_path) -> Non
                                  "spool_dir": str(tmp_path / "spool")})
     live.prepare()
     live.start()
-    assert live.wait_for_fs_cdr()
 
     def state(uuid: str) -> str:
         try:
@@ -194,7 +193,6 @@ def test_kill_9_mid_call_leaves_no_ghost_call_in_real_time_rows(tmp_path) -> Non
         live.kill()
     assert state(ghost) not in ("completed", "lost", "")
     live.start()
-    assert live.wait_for_fs_cdr()
     try:
         answer = live.api("originate {origination_caller_id_name=alive}null/alive &park")
         assert answer.startswith("+OK"), answer

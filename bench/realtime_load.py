@@ -80,6 +80,8 @@ class Run:
     replayed: int = 0
     rejected: int = 0
     stale: int = 0
+    #: crash copies the lane put in its journal (records that waited half the durability window)
+    journaled: int = 0
     records: int = 0
     same: str = "-"
     lags: list[float] = field(default_factory=list)
@@ -155,6 +157,7 @@ def attempt(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.
             (sink,) = status["sinks"]
             run.conflicts, run.retries, run.rejected = sink["conflicts"], sink["retries"], sink["rejected"]
             run.spooled, run.replayed = sink["spooled"], sink["replayed"]
+            run.journaled = sink.get("journal_copies", 0)
             if sink["last_error"]:
                 run.notes.append(f"last error: {sink['last_error']}")
         if watcher is not None:
@@ -225,14 +228,14 @@ def _line(run: Run) -> str:
            else f"{'':6} {'':6}")
     return (f"{run.kind:<10} {run.mode:<16} {run.rate:6.0f} {run.sessions:6} {run.rows:6} {run.not_final:5} "
             f"{'equal' if not run.same else run.same if run.same == '-' else 'DIFF':>6} {run.conflicts:4} "
-            f"{run.spooled:5} {run.replayed:5} {run.stale:5} "
+            f"{run.spooled:5} {run.replayed:5} {run.journaled:6} {run.stale:5} "
             f"{run.cpu_per_1000:7.2f} {_parts(run):>15} {lag} {_delivery(run):>11}"
             f" {run.load:5.1f} {'yes' if run.complete else 'NO':>4}"
             + (f"  {'; '.join(run.notes)}" if run.notes else "") + (f"  {run.same}" if run.same not in ("", "-") else ""))
 
 
 HEADER = (f"{'database':<10} {'mode':<16} {'call/s':>6} {'legs':>6} {'rows':>6} {'!fin':>5} {'same':>6} "
-          f"{'dlk':>4} {'spool':>5} {'repl':>5} {'stale':>5} {'CPU/1k':>7} {'fs/workers/db':>15} "
+          f"{'dlk':>4} {'spool':>5} {'repl':>5} {'jrnl':>6} {'stale':>5} {'CPU/1k':>7} {'fs/workers/db':>15} "
           f"{'p50ms':>6} {'p99ms':>6} {'to ESL p50/99':>11} "
           f"{'load':>5} {'ok':>4}")
 
@@ -260,7 +263,8 @@ def main() -> int:
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     print("columns: legs = FreeSWITCH's sessions since startup; !fin = rows not completed with details; same = rows "
           "equal to the paired hangup-only run's in the run-independent columns; dlk = deadlocks (conflicts); "
-          "spool = left in the spool; repl = replayed from it; stale = updates after their leg's final; "
+          "spool = left in the spool; repl = replayed from it; jrnl = crash copies journaled; "
+          "stale = updates after their leg's final; "
           "CPU/1k = FreeSWITCH + workers CPU-s per 1,000 calls "
           "(fs/workers/db: each part, and the database server's beside them); p50/p99 = state change -> row visible (paced)\n")
     print(HEADER, flush=True)

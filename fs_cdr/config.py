@@ -25,6 +25,7 @@ so a new sink is one module plus one line here.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -120,9 +121,10 @@ class CdrConfig:
     def extended(self) -> bool:
         return self.columns == "extended"
 
-    @property
+    @functools.cached_property
     def real(self) -> bool:
-        """Whether any sink wants real-time updates (then the channel events besides hangups are read)."""
+        """Whether any sink wants real-time updates (then the channel events besides hangups are read).
+        Asked on every event: worked out once (a configuration never changes; a reload is a new one)."""
         return any(getattr(sink, "real", False) for sink in self.sinks)
 
     def sinks_of(self, key: str) -> tuple[Any, ...]:

@@ -57,6 +57,16 @@ LOST = "lost"
 LOST_SEQ = 2**53 - 1
 #: The states of a row whose channel is still up, as far as the row knows.
 OPEN_STATES = tuple(dict.fromkeys(STATES.values()))
+_UPDATE_STATES = frozenset(OPEN_STATES)
+
+
+def is_update(record: CallRecord) -> bool:
+    """A real-time update (the call is still up), not a leg's final record.
+
+    An update needs no crash copy in the journal: after a crash every row the crashed run left open
+    is closed as ``lost`` at the next start, and the final record, which is journaled, replaces it;
+    a copy of an update replayed then would only bring back a row of a call that is gone."""
+    return record.get("call_state") in _UPDATE_STATES
 
 #: The headers an update reads. Inside FreeSWITCH these are fetched one by one with getHeader, which
 #: costs far less than serializing the whole event (updates are most of the events in real-time mode).
@@ -71,7 +81,7 @@ VARIABLES = (
     "uuid", "direction", "originator", "bridge_uuid", "last_bridge_to", "account", "sip_gateway_name",
     "dialed_user", "user_name", "call_source", "source_name", "source_number", "dial_number",
     "cti_line_group_name", "start_epoch", "answer_epoch", "process_cdr", "start_uepoch", "answer_uepoch",
-    "end_uepoch", "billmsec",
+    "end_uepoch", "billmsec", "originated_legs", "presence_id",
 )
 
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 from .channel import dumpb, shown
 from .config import BatchSettings, mask_secrets
 from .errors import ConfigError, RejectedError, TransientError
-from .realtime import supersedes
+from .realtime import is_update, supersedes
 from .record import CallRecord
 from .retry import Backoff
 from .spool import Journal, Spool, Ticket, describe_space, disk_space
@@ -100,12 +100,13 @@ class LaneStats:
 class _Waiting:
     """A record in a writer's memory: when it arrived, and the journal segment holding a copy."""
 
-    __slots__ = ("since", "record", "segment", "done", "spooled", "encoded")
+    __slots__ = ("since", "record", "segment", "aged", "done", "spooled", "encoded")
 
     def __init__(self, since: float, record: CallRecord) -> None:
         self.since = since
         self.record = record
         self.segment = 0  # 0: not journaled
+        self.aged = False  # past the journal's cutoff: journaled, or an update that gets no copy
         self.done = False  # written, or moved to the spool: it no longer needs the journal
         self.spooled = False  # done because the guard fsynced it in the spool
         self.encoded: Any = None  # the lane's encode(record), made ahead by the writer thread
@@ -228,15 +229,20 @@ class SinkWriter:
             cutoff = now - window_s / 2
             if oldest > cutoff:
                 return due
-            # Entries are journaled oldest first, so everything before a journaled entry is journaled
-            # or written: scanning from the newest end stops there, and a tick costs what arrived since
+            # Entries age past the cutoff oldest first, so everything before an aged entry is aged or
+            # written: scanning from the newest end stops there, and a tick costs what arrived since
             # the last one, not the whole queue (up to queue_size entries, under the lock offer takes).
+            # Real-time updates age without a crash copy (realtime.is_update): a crash loses none of
+            # what the copies are for, and they are most of the records in real-time mode.
             found: list[_Waiting] = []
             for entry in itertools.chain(reversed(queue), reversed(held)):
-                if entry.segment:
+                if entry.aged:
                     break
                 if entry.since <= cutoff and not entry.done:
-                    found.append(entry)
+                    if is_update(entry.record):
+                        entry.aged = True
+                    else:
+                        found.append(entry)
             found.reverse()
             due.journal = found
             return due
@@ -309,7 +315,7 @@ class SinkWriter:
                 if entry.done:
                     written += 1
                 else:
-                    entry.segment = segment
+                    entry.segment, entry.aged = segment, True
         if written:
             self.lane.journal.release(segment, written)
 
@@ -969,6 +975,7 @@ class SinkLane:
             "queued": queued,
             "spooled": spooled,
             "journaled": self.journal.held,
+            "journal_copies": self.journal.journaled_total,
             "rejected": stats.rejected,
             "lost": stats.lost + self.spool.lost,
             "recovered": stats.recovered,

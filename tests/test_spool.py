@@ -213,6 +213,47 @@ def test_a_long_queue_behind_a_slow_sink_is_journaled_once_per_record_tick_by_ti
         lane.stop(1.0)
 
 
+def test_real_time_updates_get_no_crash_copy_and_finals_do(tmp_path) -> None:
+    """Behind a hanging sink, what waits past half the window is journaled except real-time updates:
+    after a crash every row left open is closed as lost and the journaled final replaces it, so a
+    copy of an update could only bring a finished call back (and they are most of the records)."""
+    gate = threading.Event()
+    state = {"down": False, "refuse": set(), "rows": {}, "writes": [], "lock": threading.Lock()}
+
+    class HangingSink(ControlledSink):
+        def write(self, records) -> None:
+            gate.wait(10)
+            super().write(records)
+
+    lane = SinkLane("test", "hanging", lambda: HangingSink(state),
+                    BatchSettings(batch_size=10, flush_interval_ms=1, queue_size=10_000), str(tmp_path))
+    lane.start()
+    try:
+        start = time.monotonic()
+        for leg in range(20):
+            for sequence, state_name in enumerate(("created", "answered", "bridged", "hangup")):
+                lane.offer({"uuid": f"leg-{leg}", "call_state": state_name, "event_seq": sequence}, start)
+            lane.offer({"uuid": f"leg-{leg}", "call_state": "completed", "event_seq": 9}, start)
+            lane.offer({"uuid": f"imported-{leg}"}, start)  # a record of no real-time sink at all
+        assert wait_for(lambda: lane.writers[0]._inflight is not None)
+        lane.guard(start + 0.15, 0.2)
+        assert lane.journal.journaled_total == 40  # the 20 finals and the 20 plain records
+        for leg in range(20, 30):
+            lane.offer({"uuid": f"leg-{leg}", "call_state": "answered", "event_seq": 1}, start + 0.2)
+        lane.guard(start + 0.35, 0.2)
+        lane.guard(start + 1.0, 0.2)
+        assert lane.journal.journaled_total == 40 and lane.journal.held == 40  # no update, nothing twice
+        segments = sorted((tmp_path / "test" / "journal").glob("*.jsonl"))
+        copied = b"".join(path.read_bytes() for path in segments)
+        assert copied.count(b'"completed"') == 20 and b'"answered"' not in copied
+        gate.set()
+        assert wait_for(lambda: lane.drained() and lane.journal.held == 0)
+        assert {state["rows"][f"leg-{leg}"]["call_state"] for leg in range(20)} == {"completed"}
+    finally:
+        gate.set()
+        lane.stop(1.0)
+
+
 def test_a_refused_record_is_set_aside_and_the_others_flow(tmp_path) -> None:
     lane, state = lane_with(tmp_path, refuse={"bad"})
     lane.start()

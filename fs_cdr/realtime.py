@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from .channel import Headers, clean_text, header, shown
 from .config import CdrConfig
@@ -91,11 +91,53 @@ def sequence(headers: Headers) -> Optional[int]:
 
 
 def header_names(config: CdrConfig) -> tuple[str, ...]:
-    """Every header an update for this configuration may read (fields' variables included)."""
+    """Every header an update for this configuration may read (fields' variables included, and with
+    the extended columns every variable the record builder may read)."""
     names = set(VARIABLES) | {config.skip_variable}
     for spec in config.fields:
         names.update(spec.variables)
-    return HEADERS + tuple(sorted("variable_" + name for name in names if name))
+    others: list[str] = []
+    if config.extended:
+        # the extended columns read dozens of variables and a few headers (fs_cdr/outcome.py): all
+        # the builder may read (its names without a hyphen are an imported CDR file's, not an event's)
+        builder = RecordBuilder(replace(config, details=False))
+        names.update(builder.reads)
+        others = sorted(name for name in builder.headers_read if "-" in name and name not in HEADERS)
+    return HEADERS + tuple(others) + tuple(sorted("variable_" + name for name in names if name))
+
+
+#: FreeSWITCH sets a channel's time variables all at once, at its hangup (switch_channel_set_timestamps):
+#: while the call is up none of them is there. Inside FreeSWITCH an update reads the others only when
+#: this one is (each getHeader walks the event's headers: most updates save five of them).
+TIMESTAMP_SENTINEL = "variable_start_uepoch"
+TIMESTAMP_VARIABLES = frozenset(("variable_start_epoch", "variable_answer_epoch", "variable_answer_uepoch",
+                                 "variable_end_epoch", "variable_end_uepoch", "variable_billmsec", "variable_billsec",
+                                 "variable_duration"))
+
+
+def header_plan(config: CdrConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """:func:`header_names` as :func:`read_headers` reads them: those read always (the sentinel among
+    them), and the time variables read only when the sentinel is there."""
+    names = header_names(config)
+    return (tuple(name for name in names if name not in TIMESTAMP_VARIABLES),
+            tuple(name for name in names if name in TIMESTAMP_VARIABLES))
+
+
+def read_headers(get: Callable[[Any, str], Optional[str]], event: Any,
+                 plan: tuple[tuple[str, ...], tuple[str, ...]]) -> dict[str, str]:
+    """The headers of ``plan`` an event has, read one by one with ``get(event, name)`` (getHeader)."""
+    always, timed = plan
+    headers = {}
+    for name in always:
+        value = get(event, name)
+        if value is not None:
+            headers[name] = value
+    if TIMESTAMP_SENTINEL in headers:
+        for name in timed:
+            value = get(event, name)
+            if value is not None:
+                headers[name] = value
+    return headers
 
 
 class UpdateBuilder:

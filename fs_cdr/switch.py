@@ -32,8 +32,7 @@ from .channel import dumps
 from .config import CdrConfig, Paths, load_config, resolve_config_path
 from .engine import EVENTS, REALTIME_EVENTS, Engine, format_status
 from .errors import ConfigError
-from .realtime import STATES
-from .realtime import header_names as realtime_header_names
+from .realtime import STATES, header_plan, read_headers
 
 log = logging.getLogger("fs_cdr")
 
@@ -124,13 +123,15 @@ def consume() -> None:
     """The source loop: pop, decode, hand to the engine. No I/O here.
 
     Hangups are serialized whole (they carry every variable); real-time updates read only the few
-    headers they need with getHeader, which costs a fraction of serializing a whole event."""
+    headers they need with getHeader, which costs a fraction of serializing a whole event (called
+    as SWIG's function itself where there is one: the method around it is a Python call per header)."""
     consumer = freeswitch.EventConsumer(EVENTS[0], "", CONSUMER_QUEUE)
+    get_header = getattr(getattr(freeswitch, "_freeswitch", None), "Event_getHeader", None) or _get_header
     for name in EVENTS[1:]:
         consumer.bind(name, "")
     log.info("consuming %s (queue %d)", ", ".join(EVENTS), CONSUMER_QUEUE)
     realtime_bound = False
-    header_names: tuple[str, ...] = ()
+    plan: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     header_config = None
     while _source_running.is_set():
         try:
@@ -150,17 +151,16 @@ def consume() -> None:
                 if not engine.config.real:
                     continue
                 if header_config is not engine.config:
-                    header_config, header_names = engine.config, realtime_header_names(engine.config)
-                headers = {}
-                for header_name in header_names:
-                    value = event.getHeader(header_name)
-                    if value is not None:
-                        headers[header_name] = value
-                engine.handle(headers)
+                    header_config, plan = engine.config, header_plan(engine.config)
+                engine.handle(read_headers(get_header, event, plan))
             else:
                 engine.handle_serialized(event.serialize("json"))
         except Exception:  # noqa: BLE001 - the loop must outlive any single bad event
             log.exception("source: could not take an event")
+
+
+def _get_header(event: Any, name: str) -> Optional[str]:
+    return event.getHeader(name)
 
 
 def reload(argument: str = "") -> str:

@@ -9,8 +9,10 @@ import time
 
 import pytest
 
-from conftest import database_entry, drop_table, make_config, rows, scenario_events
+from conftest import SCENARIOS, database_entry, drop_table, make_config, rows, scenario_events
 from fs_cdr.engine import Engine, probe_config
+from fs_cdr.realtime import STATES as UPDATE_EVENTS
+from fs_cdr.realtime import UpdateBuilder, header_plan, read_headers
 
 STATES = {"CHANNEL_CREATE": "created", "CHANNEL_PROGRESS": "ringing", "CHANNEL_PROGRESS_MEDIA": "early_media",
           "CHANNEL_ANSWER": "answered", "CHANNEL_BRIDGE": "bridged", "CHANNEL_UNBRIDGE": "unbridged",
@@ -180,3 +182,31 @@ def test_a_thousand_live_calls_coalesce_their_updates(tmp_path, engines) -> None
           f"slowest handle {slowest * 1000:.2f} ms")
     assert written < events  # coalesced
     assert slowest < 0.2  # never waits for the database (GIL pauses on a loaded 2-core machine aside)
+
+
+@pytest.mark.parametrize("columns", ["standard", "extended"])
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_an_update_read_header_by_header_is_the_update_of_the_whole_event(name, columns, tmp_path) -> None:
+    """Inside FreeSWITCH an update reads only the headers realtime.header_plan names, one getHeader
+    each, and the time variables only once FreeSWITCH has set them: for every recorded channel event
+    (with fields, with and without the extended columns), that update equals the one built from the
+    whole event."""
+    config = make_config({"cdr": {"log": True, "columns": columns, "fields": [
+        "queue_name", "number:billsec", "tenant:sip_h_X-Tenant", "jsipid:sip_h_X-jssipid"]}}, tmp_path)
+    plan = header_plan(config)
+
+    def get(event: dict, header_name: str):
+        value = event.get(header_name)
+        return None if value is None else str(value)
+
+    checked = 0
+    for event in scenario_events(name):
+        state = event.get("Event-Name")
+        if state not in UPDATE_EVENTS:
+            continue
+        read = read_headers(get, event, plan)
+        assert set(read) <= set(plan[0]) | set(plan[1])
+        assert UpdateBuilder(config).build(read, state) == UpdateBuilder(config).build(dict(event), state), (
+            name, state, event.get("Unique-ID"))
+        checked += 1
+    assert checked

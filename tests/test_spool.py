@@ -174,9 +174,9 @@ def test_a_slow_sink_gets_waiting_records_journaled_within_the_window(tmp_path) 
         lane.stop(1.0)
 
 
-def test_a_long_queue_behind_a_slow_sink_is_journaled_once_per_record_tick_by_tick(tmp_path) -> None:
-    """Records keep arriving while the sink hangs on a batch: each tick journals what aged past half
-    the window since the last tick, every record exactly once, in flight or queued."""
+def hanging_lane(tmp_path) -> tuple[SinkLane, dict, threading.Event]:
+    """A lane whose sink holds every write until the gate opens (batches of 10): the guard's ticks
+    are driven by hand with made-up times."""
     gate = threading.Event()
     state = {"down": False, "refuse": set(), "rows": {}, "writes": [], "lock": threading.Lock()}
 
@@ -187,6 +187,13 @@ def test_a_long_queue_behind_a_slow_sink_is_journaled_once_per_record_tick_by_ti
 
     lane = SinkLane("test", "hanging", lambda: HangingSink(state),
                     BatchSettings(batch_size=10, flush_interval_ms=1, queue_size=10_000), str(tmp_path))
+    return lane, state, gate
+
+
+def test_a_long_queue_behind_a_slow_sink_is_journaled_once_per_record_tick_by_tick(tmp_path) -> None:
+    """Records keep arriving while the sink hangs on a batch: each tick journals what aged past half
+    the window since the last tick, every record exactly once, in flight or queued."""
+    lane, state, gate = hanging_lane(tmp_path)
     lane.start()
     try:
         start = time.monotonic()
@@ -217,16 +224,7 @@ def test_real_time_updates_get_no_crash_copy_and_finals_do(tmp_path) -> None:
     """Behind a hanging sink, what waits past half the window is journaled except real-time updates:
     after a crash every row left open is closed as lost and the journaled final replaces it, so a
     copy of an update could only bring a finished call back (and they are most of the records)."""
-    gate = threading.Event()
-    state = {"down": False, "refuse": set(), "rows": {}, "writes": [], "lock": threading.Lock()}
-
-    class HangingSink(ControlledSink):
-        def write(self, records) -> None:
-            gate.wait(10)
-            super().write(records)
-
-    lane = SinkLane("test", "hanging", lambda: HangingSink(state),
-                    BatchSettings(batch_size=10, flush_interval_ms=1, queue_size=10_000), str(tmp_path))
+    lane, state, gate = hanging_lane(tmp_path)
     lane.start()
     try:
         start = time.monotonic()

@@ -55,7 +55,7 @@ from live_load import (
     unlike_own_details,
 )
 from live_switch import LiveSwitch, missing_reason
-from processes import processes
+from run import CpuMeter
 from switch_cost import _drive, _spooled
 
 
@@ -143,10 +143,12 @@ def attempt(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.
     try:
         if pace:
             capture, watcher = EventCapture(live), RowWatcher(kind, table)
-        server_before = server_cpu(kind)
+        server = CpuMeter(SERVER_PROCESS[kind])
+        server.start()
         run.rate, run.fs_cpu, run.worker_cpu = _drive(
             live, calls, settled=lambda: everything_built(live, sessions_created(live)), rate=pace)
-        run.server_cpu = server_cpu(kind) - server_before
+        server.stop()
+        run.server_cpu = server.server_cpu
         live.api("python fs_cdr flush")
         run.sessions = sessions_created(live)
         status = live.fs_cdr_status()
@@ -207,14 +209,8 @@ def attempt(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.
     return run, rows
 
 
-#: the database servers' process names, as /proc shows them (PostgreSQL: every backend's)
-SERVER_PROCESSES = {"mariadb": ("mariadbd", "mysqld"), "postgresql": ("postgres",)}
-
-
-def server_cpu(kind: str) -> float:
-    """CPU seconds the database server's processes have used so far (a backend that ended meanwhile
-    is missing from the later sample: the runs' connections live as long as the run)."""
-    return sum(entry.cpu_s for entry in processes() if entry.name.startswith(SERVER_PROCESSES[kind]))
+#: the database server's process name, as /proc shows it (PostgreSQL: every backend's), for CpuMeter
+SERVER_PROCESS = {"mariadb": "mariadbd", "postgresql": "postgres"}
 
 
 def _parts(run: Run) -> str:

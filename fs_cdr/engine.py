@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .channel import HANGUP_EVENT, Headers, decode_event, dumps, header, shown
 from .config import CdrConfig
 from .errors import ConfigError
+from .fields import to_number
 from .realtime import COMPLETED, REMOVED, STATES, ChannelOrder, UpdateBuilder, close_lost_rows_soon, sequence
 from .record import CallRecord, RecordBuilder, compiled_split
 from .sinks import lanes_for, targets
@@ -41,6 +42,14 @@ YIELD_INTERVAL_S = 0.001
 #: (switch.CONSUMER_QUEUE, 50 s of 1,000 calls/s) holds what arrives meanwhile.
 GUARD_PAUSE_S = 0.001
 GUARD_WAIT_S = 0.05
+#: Real-time mode: how long an update waits in the engine before it is built and sent (seconds). One
+#: that a newer event of its leg supersedes meanwhile (the next state, or the final record) is never
+#: built: in a burst of short calls that is most of them (a leg's UNBRIDGE and HANGUP come within
+#: milliseconds of its HANGUP_COMPLETE). A batch would have written only the newest of them anyway
+#: (``writer._unique``; flush_interval_ms is 50 by default), so the rows and the Redis messages are
+#: the same, at most this much later. Only where every real-time sink is a table (:func:`update_hold`):
+#: a Redis channel publishes every state change.
+UPDATE_HOLD_S = 0.02
 
 LaneFactory = Callable[[CdrConfig], list[SinkLane]]
 
@@ -79,6 +88,14 @@ class Engine:
         self._swap = threading.Lock()
         self._started = False
         self._yielded = 0.0
+        #: real-time updates not built yet, per uuid: [since, event_seq, event name, headers or a
+        #: function that reads them] (see UPDATE_HOLD_S); the lock also orders what they dispatch
+        #: with the final records (flush and stop release them from other threads)
+        self.update_hold_s = update_hold(self.lanes)
+        self._held: dict[Any, list[Any]] = {}
+        self._held_lock = threading.Lock()
+        #: updates never built because a newer record of their leg came within the hold
+        self.superseded = 0
 
     def start(self) -> "Engine":
         for lane in self.lanes:
@@ -117,17 +134,93 @@ class Engine:
             if name == HANGUP_EVENT or name is None:
                 return self._record(headers, builder or self.builder, details)
             if name in STATES:
-                return self._update(headers, name) if self.config.real else None
+                if self.config.real:
+                    self._hold(header(headers, "Unique-ID"), sequence(headers), name, headers)
+                return None
             if name in SHUTDOWN_EVENTS:
                 self.begin_shutdown(name)
         except Exception:  # noqa: BLE001 - nothing may escape into FreeSWITCH
             self.malformed += 1
             log.exception("could not process an event (uuid %s)", _uuid(headers))
         finally:
-            now = time.monotonic()
-            if now - self._yielded > YIELD_INTERVAL_S:
-                self._give_way(now)
+            self._after_event()
         return None
+
+    def handle_update(self, uuid: Optional[str], seq: Optional[str], name: str,
+                      read: Callable[[], Headers]) -> None:
+        """Take one real-time event (``name`` in realtime.STATES) whose headers ``read()`` reads when
+        the update is built, if it ever is (FreeSWITCH's source: getHeader on the event it holds).
+        Never raises."""
+        try:
+            self.events += 1
+            if self.config.real:
+                value = to_number(seq)
+                self._hold(uuid, value if isinstance(value, int) else None, name, read)
+        except Exception:  # noqa: BLE001 - nothing may escape into FreeSWITCH
+            self.malformed += 1
+            log.exception("could not process an event (uuid %s)", shown(uuid))
+        finally:
+            self._after_event()
+
+    def _after_event(self) -> None:
+        now = time.monotonic()
+        held = self._held
+        if held and now - next(iter(held.values()))[0] >= self.update_hold_s:
+            self.release_updates(now)
+        if now - self._yielded > YIELD_INTERVAL_S:
+            self._give_way(now)
+
+    def _hold(self, uuid: Optional[str], seq: Optional[int], name: str, source: Any) -> None:
+        if self.update_hold_s <= 0:
+            self._update(source() if callable(source) else source, name)
+            return
+        with self._held_lock:
+            held = self._held.get(uuid)
+            if held is None:
+                self._held[uuid] = [time.monotonic(), seq, name, source]
+            else:
+                # of two updates of one leg the higher event_seq wins (realtime.supersedes); the
+                # entry keeps its place and its time, so no state waits longer than the hold
+                self.superseded += 1
+                if (seq or 0) >= (held[1] or 0):
+                    held[1:] = (seq, name, source)
+
+    def release_updates(self, now: float, everything: bool = False) -> int:
+        """Build and send the held updates older than the hold (all of them: ``everything``).
+        The source thread calls it after each event and when no event came (``tick``); flush, stop
+        and a shutdown release everything. Returns how many were released."""
+        with self._held_lock:
+            held = self._held
+            if not held:
+                return 0
+            if everything:
+                taken = list(held.values())
+                held.clear()
+            else:
+                cutoff = now - self.update_hold_s
+                keys = []
+                for key, item in held.items():
+                    if item[0] > cutoff:
+                        break
+                    keys.append(key)
+                taken = [held.pop(key) for key in keys]
+            for _since, _seq, name, source in taken:
+                try:
+                    self._update(source() if callable(source) else source, name)
+                except Exception:  # noqa: BLE001 - one bad event costs no other
+                    self.malformed += 1
+                    log.exception("could not process a %s", name)
+        return len(taken)
+
+    def tick(self) -> None:
+        """The source had no event for a while: release the updates that waited long enough."""
+        if self._held:
+            self.release_updates(time.monotonic())
+
+    @property
+    def holding(self) -> bool:
+        """Whether updates wait to be built (the source then polls at least every hold)."""
+        return bool(self._held)
 
     def _give_way(self, now: float) -> None:
         """See YIELD_INTERVAL_S: let a thread that waits for the GIL have it; and while the guard is
@@ -158,15 +251,25 @@ class Engine:
                 # the leg was left out only at its end (a skip variable set in the dialplan): take back
                 # the row real-time mode wrote while it was up
                 uuid = header(headers, "Unique-ID") or header(headers, "variable_uuid")
-                self._dispatch({"uuid": uuid, "call_state": REMOVED, "event_seq": sequence(headers)}, final=False)
+                self._dispatch_final({"uuid": uuid, "call_state": REMOVED, "event_seq": sequence(headers)}, final=False)
             return None
         record["call_state"] = COMPLETED
         record["event_seq"] = sequence(headers)
         self.records += 1
         if self.config.log:
             log.info("CDR %s", dumps(record))
-        self._dispatch(record, final=True)
+        self._dispatch_final(record, final=True)
         return record
+
+    def _dispatch_final(self, record: CallRecord, final: bool) -> None:
+        """A leg's last record: an update of it still held is superseded and never built."""
+        if self._held:
+            with self._held_lock:
+                if self._held.pop(record.get("uuid"), None) is not None:
+                    self.superseded += 1
+                self._dispatch(record, final)
+        else:
+            self._dispatch(record, final)
 
     def _update(self, headers: Headers, name: str) -> Optional[CallRecord]:
         try:
@@ -204,6 +307,7 @@ class Engine:
         log.warning("%s: spooling what is queued and every record from now on", reason)
         with self._swap:
             self.shutting_down = True
+        self.release_updates(time.monotonic(), everything=True)
         for lane in self.lanes:
             spooled = lane.guard(time.monotonic(), 0.0, everything=True)
             if spooled:
@@ -216,6 +320,7 @@ class Engine:
         to refuse (its records are spooled until it is back)."""
         if probe:
             probe_config(config)
+        self.release_updates(time.monotonic(), everything=True)  # built as the old configuration says
         if _sink_shape(config) == _sink_shape(self.config):
             with self._swap:
                 self._built_before += self.builder.built_in_c
@@ -231,6 +336,7 @@ class Engine:
             self._built_before += self.builder.built_in_c
             self.config, self.builder, self.updates = config, RecordBuilder(config), UpdateBuilder(config)
             self.guard.window_s = config.durable_window_ms / 1000.0
+            self.update_hold_s = update_hold(self.lanes)
             for lane in self.lanes:
                 lane.start()
         self.reloads += 1
@@ -251,6 +357,7 @@ class Engine:
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every lane has written everything it received, spool included."""
+        self.release_updates(time.monotonic(), everything=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if all(lane.settled() for lane in self.lanes):
@@ -260,6 +367,7 @@ class Engine:
 
     def stop(self, timeout_s: float = 2.0) -> int:
         """Write what can be written within ``timeout_s``, spool the rest; returns how many were spooled."""
+        self.release_updates(time.monotonic(), everything=True)
         if not self._started:
             for lane in self.lanes:
                 lane.spool.close()  # give up the spool directories all the same
@@ -278,6 +386,7 @@ class Engine:
             "records": self.records,
             "updates": self.updates_seen,
             "stale_updates": self.order.stale,
+            "superseded_updates": self.superseded,
             "real": self.config.real,
             "skipped": self.skipped,
             "malformed": self.malformed,
@@ -287,6 +396,12 @@ class Engine:
             "shutting_down": self.shutting_down,
             "sinks": [lane.status() for lane in self.lanes],
         }
+
+
+def update_hold(lanes: Sequence[SinkLane]) -> float:
+    """UPDATE_HOLD_S where every real-time sink is a table (one row per leg: only the newest state
+    counts); 0 where one publishes every state change (a Redis channel)."""
+    return UPDATE_HOLD_S if all(lane.coalesce for lane in lanes if lane.realtime) else 0.0
 
 
 def probe_config(config: CdrConfig) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from typing import Any, Optional
 
 import freeswitch
@@ -40,6 +41,8 @@ log = logging.getLogger("fs_cdr")
 #: The C queue stores pointers, so this costs about 800 KB.
 CONSUMER_QUEUE = 100_000
 THREAD_STACK = 4 * 1024 * 1024
+#: How long the source waits for an event while real-time updates are held (ms).
+HOLD_POLL_MS = 10
 USAGE = "-USAGE: python fs_cdr status [json|prometheus] | reload [path] | flush | replay | rotate | start [path] | stop"
 
 _lock = threading.RLock()
@@ -143,8 +146,11 @@ def consume() -> None:
                     consumer.bind(name, "")
                 realtime_bound = True
                 log.info("real-time mode: also consuming %s", ", ".join(REALTIME_EVENTS))
-            event = consumer.pop(1, 500)
+            # while real-time updates wait to be built (Engine.update_hold_s), look often enough
+            event = consumer.pop(1, HOLD_POLL_MS if engine is not None and engine.holding else 500)
             if event is None or engine is None:
+                if engine is not None:
+                    engine.tick()
                 continue
             name = event.getHeader("Event-Name")
             if name in STATES:
@@ -152,7 +158,10 @@ def consume() -> None:
                     continue
                 if header_config is not engine.config:
                     header_config, plan = engine.config, header_plan(engine.config)
-                engine.handle(read_headers(get_header, event, plan))
+                # the rest of its headers are read only if the update is built: one that a newer
+                # event of its leg supersedes within the hold never is
+                engine.handle_update(get_header(event, "Unique-ID"), get_header(event, "Event-Sequence"), name,
+                                     partial(read_headers, get_header, event, plan))
             else:
                 engine.handle_serialized(event.serialize("json"))
         except Exception:  # noqa: BLE001 - the loop must outlive any single bad event

@@ -210,3 +210,70 @@ def test_an_update_read_header_by_header_is_the_update_of_the_whole_event(name, 
             name, state, event.get("Unique-ID"))
         checked += 1
     assert checked
+
+
+class OfferedLane:
+    """A real-time lane that keeps what the engine offers it."""
+
+    realtime = True
+
+    def __init__(self, coalesce: bool) -> None:
+        self.coalesce = coalesce
+        self.offered: list[dict] = []
+
+    def offer(self, record, now) -> None:
+        self.offered.append(record)
+
+    def settled(self) -> bool:
+        return True
+
+    def status(self) -> dict:
+        return {}
+
+
+def _feed(engine, events, reads) -> None:
+    """As FreeSWITCH's source does: an update's headers are read only when it is built."""
+    for event in events:
+        if event["Event-Name"] in UPDATE_EVENTS:
+            engine.handle_update(event["Unique-ID"], event["Event-Sequence"], event["Event-Name"],
+                                 lambda event=event: reads.append(event["Event-Name"]) or event)
+        else:
+            engine.handle(event)
+
+
+def test_an_update_its_leg_supersedes_within_the_hold_is_never_read_nor_sent(tmp_path) -> None:
+    """A table keeps only a leg's newest state: an update superseded within the hold (the next state,
+    or the final record) costs neither the reading of its headers nor a write; a state that lasts
+    goes out once the hold has passed, with no further event needed."""
+    config = make_config({"cdr": {"database": dict(database_entry("sqlite", "cdr", tmp_path), real=True)}}, tmp_path)
+    lane = OfferedLane(coalesce=True)
+    engine = Engine(config, lane_factory=lambda config: [lane])
+    events = recorded("b_bridge_null")
+    legs = list(dict.fromkeys(event["Unique-ID"] for event in events))
+    reads: list[str] = []
+    _feed(engine, [event for event in events if event["Unique-ID"] == legs[0]], reads)
+    assert [record["call_state"] for record in lane.offered] == ["completed"]
+    assert reads == []
+    updates = sum(1 for event in events if event["Unique-ID"] == legs[0] and event["Event-Name"] in UPDATE_EVENTS)
+    assert engine.status()["superseded_updates"] == updates
+    create, answer = [event for event in events if event["Unique-ID"] == legs[1]
+                      and event["Event-Name"] in ("CHANNEL_CREATE", "CHANNEL_ANSWER")]
+    _feed(engine, [create, answer], reads)
+    assert len(lane.offered) == 1  # held
+    time.sleep(engine.update_hold_s * 2)
+    engine.tick()
+    assert [record["call_state"] for record in lane.offered] == ["completed", "answered"]
+    assert reads == ["CHANNEL_ANSWER"]
+
+
+def test_every_state_change_goes_at_once_where_a_sink_publishes_each(tmp_path) -> None:
+    """A Redis channel publishes every state change: nothing is held back for it."""
+    config = make_config({"cdr": {"database": dict(database_entry("sqlite", "cdr", tmp_path), real=True)}}, tmp_path)
+    lane = OfferedLane(coalesce=False)
+    engine = Engine(config, lane_factory=lambda config: [lane])
+    events = recorded("b_bridge_null")
+    reads: list[str] = []
+    _feed(engine, events, reads)
+    expected = [STATES[event["Event-Name"]] for event in events if event["Event-Name"] in STATES]
+    assert [record["call_state"] for record in lane.offered] == expected
+    assert engine.status()["superseded_updates"] == 0

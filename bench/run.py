@@ -487,6 +487,9 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--freeswitch-calls", type=int, default=2000)
     parser.add_argument("--freeswitch-rounds", type=int, default=5)
+    parser.add_argument("--freeswitch-variants", default="",
+                        help="only the FreeSWITCH variants whose name contains one of these comma-separated "
+                             "words (besides the no-CDR baseline), e.g. 'mod_cdr_sqlite,extended'")
     parser.add_argument("--sections", default="sinks,http,nats,file,latency,memory,freeswitch",
                         help="which parts to run (comma-separated): sinks, http, nats, file, latency, memory, "
                              "freeswitch")
@@ -539,7 +542,7 @@ def main() -> int:
         from switch_cost import freeswitch_rows
 
         for label, measured, against, wanted in freeswitch_rows(directory, args.freeswitch_calls,
-                                                                args.freeswitch_rounds):
+                                                                args.freeswitch_rounds, args.freeswitch_variants):
             row(label, measured, against, wanted)
     shutil.rmtree(directory, ignore_errors=True)
     return 0

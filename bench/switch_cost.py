@@ -124,8 +124,10 @@ def _one_run(directory: Path, cdr: dict[str, Any], with_fs_cdr: bool, native: tu
     return rate, cpu * 1000 / calls, workers * 1000 / calls, rows, built, spooled
 
 
-def freeswitch_rows(directory: Path, calls: int, rounds: int = 3) -> list[tuple[str, str, str, str]]:
-    """Each variant ``rounds`` times, interleaved (the machine's load drifts); the medians."""
+def freeswitch_rows(directory: Path, calls: int, rounds: int = 3,
+                    only: str = "") -> list[tuple[str, str, str, str]]:
+    """Each variant ``rounds`` times, interleaved (the machine's load drifts); the medians. ``only``:
+    the variants whose name contains one of these comma-separated words (the baseline always runs)."""
     reason = missing_reason()
     if reason:
         return [("freeswitch", "skipped", "", reason)]
@@ -135,11 +137,17 @@ def freeswitch_rows(directory: Path, calls: int, rounds: int = 3) -> list[tuple[
         ("mod_cdr_sqlite (a-legs, no details)", {"log": True}, False, ("mod_cdr_sqlite",), calls),
         ("fs_cdr -> SQLite, a-legs, no details", {"process_cdr": "a_only", "database": sqlite}, True, (), calls),
         ("fs_cdr -> SQLite, both legs, details", {"details": True, "database": sqlite}, True, (), 2 * calls),
+        ("fs_cdr -> SQLite, both legs, details, extended columns and call table",
+         {"details": True, "columns": "extended", "calls": {"table": "cdr_call"}, "database": sqlite}, True, (),
+         2 * calls),
         ("fs_cdr -> SQLite, details, no worker process",
          {"details": True, "database": dict(sqlite, worker_process=False)}, True, (), 2 * calls),
         ("fs_cdr -> MariaDB, both legs, details", {"details": True, "database": {
             "dbtype": "mysql", "connectionstring": "127.0.0.1,3306@test", "username": "root"}}, True, (), 2 * calls),
     ]
+    if only:
+        words = [word.strip() for word in only.split(",") if word.strip()]
+        variants = variants[:1] + [variant for variant in variants[1:] if any(word in variant[0] for word in words)]
     measured: dict[str, list[tuple[float, float, float, int, int, int]]] = {name: [] for name, *_ in variants}
     for _ in range(rounds):
         for name, cdr, with_fs_cdr, native, _expected in variants:

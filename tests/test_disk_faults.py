@@ -22,12 +22,15 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import MARIADB, drop_table, hangups, rows
-from fs_cdr.config import BatchSettings
+from fs_cdr.config import BatchSettings, parse_config
+from fs_cdr.engine import Engine
 from fs_cdr.errors import RetriableError
+from fs_cdr.metrics import prometheus
 from fs_cdr.retry import Backoff
-from fs_cdr.spool import Spool
-from fs_cdr.writer import Guard, SinkLane
+from fs_cdr.spool import Spool, disk_space
+from fs_cdr.writer import SPACE_CHECK_S, Guard, SinkLane
 from processes import wait_for
+from test_spool import hanging_lane
 
 #: A record about the size of a real one with ``details`` (3.5 KB).
 PAYLOAD = json.dumps({"sip_h_X-Padding": "x" * 3000})
@@ -49,6 +52,7 @@ class SwitchableSink:
         with self.state["lock"]:
             for record in records:
                 self.state["rows"][record["uuid"]] = record
+                self.state["writes"].append(record["uuid"])
 
     def close(self) -> None:
         pass
@@ -82,6 +86,35 @@ def remount(path: str, mode: str) -> None:
         pytest.skip(f"cannot remount {path} {mode}: {result.stderr.strip()}")
 
 
+@contextmanager
+def read_only(path: str) -> Iterator[str]:
+    """``path`` made read-only while fs_cdr runs: a read-only bind mount of the directory over itself.
+    (``mount -o remount,ro`` of the whole filesystem is refused, EBUSY, while a process holds a file
+    on it open for writing, as every lane holds its spool's lock file.) Every file opened or made
+    there from then on gets EROFS; the descriptors opened before stay writable."""
+    result = subprocess.run(["mount", "--bind", path, path], capture_output=True, text=True, timeout=20)
+    if result.returncode:
+        pytest.skip(f"cannot bind-mount {path} here ({result.stderr.strip()}); run the tests as root")
+    result = subprocess.run(["mount", "-o", "remount,bind,ro", path], capture_output=True, text=True, timeout=20)
+    if result.returncode:
+        _umount(path)
+        pytest.skip(f"cannot make the bind mount of {path} read-only: {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        _umount(path)
+
+
+def figures(fault: str, sent: int, written: int, spooled: int, lost: int, duplicated: int) -> None:
+    """One line of docs/durability.md's "Measured" table (shown with ``pytest -s``)."""
+    print(f"\nFIGURES | {fault} | sent {sent} | written {written} | spooled {spooled} | lost {lost} "
+          f"| duplicated {duplicated}")
+
+
+def duplicated(state: dict[str, Any]) -> int:
+    return len(state["writes"]) - len(set(state["writes"]))
+
+
 def fill(path: str) -> str:
     """Take every free byte of the filesystem at ``path`` with a ballast file; returns its path."""
     ballast = os.path.join(path, "ballast")
@@ -106,7 +139,7 @@ def lane_on(directory: str, state: dict[str, Any], queue_size: int = 5000, **set
 
 
 def new_state(down: bool = True) -> dict[str, Any]:
-    return {"down": down, "rows": {}, "lock": threading.Lock()}
+    return {"down": down, "rows": {}, "writes": [], "lock": threading.Lock()}
 
 
 def record(index: int, tag: str = "call") -> dict[str, Any]:
@@ -394,3 +427,157 @@ def test_play_and_replay_on_a_full_disk_say_what_they_could_not_do(tmp_path, tab
             assert not [n for n in os.listdir(os.path.join(spool_dir, "mysql")) if n.endswith(".jsonl")]
         finally:
             drop_table("mysql", tmp_path, table_name)
+
+
+def test_little_free_space_is_warned_once_per_change_naming_the_path_and_the_space(tmp_path, caplog) -> None:
+    """Under LOW_FREE_SHARE of the spool's disk free: one WARNING naming the path and the free space,
+    not one per guard tick (the space is looked at again every SPACE_CHECK_S); another once the disk
+    went back to ok and then low again."""
+    with tiny_disk(str(tmp_path / "disk"), "20m") as disk:
+        _free, size = disk_space(disk)
+        ballast = os.path.join(disk, "ballast")
+        with open(ballast, "wb") as handle:
+            handle.write(b"\0" * int(size * 0.93))  # 93 % full: 1.5 MB left
+        state = new_state(down=True)
+        lane = lane_on(disk, state)
+        guard = Guard(lambda: [lane], 0.1)
+        lane.start()
+        guard.start()
+
+        def warnings() -> list[str]:
+            return [r.getMessage() for r in caplog.records
+                    if r.levelno == logging.WARNING and "little room left" in r.getMessage()]
+
+        try:
+            for wave in range(5):  # spooled over several ticks, each append looking at the space
+                for index in range(20):
+                    lane.offer(record(wave * 20 + index), time.monotonic())
+                time.sleep(0.3)
+            assert wait_for(lambda: lane.spool.pending == 100 and lane.queued() == 0, 10), counts(lane)
+            time.sleep(2.5 * SPACE_CHECK_S)  # guard ticks, and the space looked at again, twice or more
+            lines = warnings()
+            assert len(lines) == 1, lines
+            assert disk in lines[0] and re.search(r"\d+\.\d MB free of 2\d\.\d MB", lines[0]), lines[0]
+            status = lane.status()
+            assert status["disk"] == "low" and status["disk_error"] == "" and adds_up(lane), status
+
+            os.unlink(ballast)
+            assert wait_for(lambda: lane.disk == "ok", 5)
+            with open(ballast, "wb") as handle:
+                handle.write(b"\0" * int(size * 0.93))
+            assert wait_for(lambda: lane.disk == "low", 5)
+            time.sleep(2.5 * SPACE_CHECK_S)
+            assert len(warnings()) == 2, warnings()
+        finally:
+            guard.stop()
+            lane.stop(1.0)
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_journal_the_disk_refuses_keeps_the_records_in_memory_until_the_sink_answers(disk, fault, caplog) -> None:
+    """The sink hangs (not down: nothing goes to the spool), so records that waited half the window
+    are due for the journal; its disk refuses. They stay in memory, uncounted as lost, the disk state
+    says why, and they are all written, each once, when the sink answers."""
+    lane, state, gate = hanging_lane(disk)
+    lane.start()
+    uuids = [f"slow-{index}" for index in range(30)]
+    refusing: Any = read_only(lane.journal.directory) if fault == "read-only" else tiny_fill(disk)
+    try:
+        start = time.monotonic()
+        for uuid in uuids:
+            lane.offer({"uuid": uuid}, start)
+        assert wait_for(lambda: lane.writers[0]._inflight is not None, 5)
+        with refusing:
+            for tick in range(1, 6):  # every record waited past half the window: due for the journal
+                lane.guard(start + 0.15 * tick, 0.2)
+            status = lane.status()
+            assert lane.journal.journaled_total == 0 and status["journaled"] == 0, status
+            assert status["queued"] == 30 and status["lost"] == 0 and adds_up(lane), status
+            assert status["disk"] == ("full" if fault == "full" else "failing"), status
+            assert ("ENOSPC" if fault == "full" else "EROFS") in status["disk_error"], status
+            assert not status["healthy"]
+            refusals = disk_lines(caplog, "refuses records")
+            assert len(refusals) == 1 and lane.spool.directory in refusals[0] and "MB free of" in refusals[0], refusals
+            gate.set()
+            assert wait_for(lambda: lane.drained() and len(state["rows"]) == 30, 20), counts(lane)
+        c = counts(lane)
+        assert c == {"received": 30, "written": 30, "queued": 0, "spooled": 0, "rejected": 0, "lost": 0}, c
+        assert sorted(state["writes"]) == sorted(uuids)  # each exactly once
+        figures(f"journal on a {fault} disk, sink hanging", 30, c["written"], lane.spool.spooled_total,
+                c["lost"], duplicated(state))
+    finally:
+        gate.set()
+        lane.stop(1.0)
+
+
+@contextmanager
+def tiny_fill(path: str) -> Iterator[str]:
+    """The filesystem at ``path`` full while inside; the ballast removed after."""
+    ballast = fill(path)
+    try:
+        yield ballast
+    finally:
+        os.unlink(ballast)
+
+
+def test_a_spool_directory_made_read_only_mid_run_keeps_later_records_in_memory(disk, caplog) -> None:
+    """Records already spooled (sink down), then the spool directory turns read-only: the records
+    after stay in memory, the disk state says so once, nothing is lost; writable again and the sink
+    back, every record is written exactly once and the counters add up at every step."""
+    state = new_state(down=True)
+    lane = lane_on(disk, state)
+    guard = Guard(lambda: [lane], 0.1)
+    lane.start()
+    guard.start()
+    try:
+        for index in range(100):
+            lane.offer(record(index), time.monotonic())
+        assert wait_for(lambda: lane.spool.pending == 100 and lane.queued() == 0 and adds_up(lane), 10), counts(lane)
+        # the replay's next try reads the segment and closes it: the next append makes a new file
+        assert wait_for(lambda: lane.spool._fd is None, 5)
+        with read_only(lane.spool.directory):
+            for index in range(100, 200):
+                lane.offer(record(index), time.monotonic())
+            assert wait_for(lambda: lane.disk == "failing", 5), lane.status()
+            time.sleep(1.0)  # ten guard ticks on the read-only directory
+            c = counts(lane)
+            assert c["queued"] == 100 and c["spooled"] == 100 and c["lost"] == 0 and adds_up(lane), c
+            status = lane.status()
+            assert "EROFS" in status["disk_error"] and status["disk"] == "failing" and not status["healthy"]
+            assert len(disk_lines(caplog, "refuses records")) == 1
+        assert wait_for(lambda: lane.spool.pending == 200 and lane.queued() == 0, 10), counts(lane)
+        assert adds_up(lane) and lane.disk in ("ok", "low")
+        state["down"] = False
+        assert wait_for(lambda: len(state["rows"]) == 200 and lane.settled(), 30), counts(lane)
+        c = counts(lane)
+        assert c == {"received": 200, "written": 200, "queued": 0, "spooled": 0, "rejected": 0, "lost": 0}, c
+        assert duplicated(state) == 0 and len(state["writes"]) == 200
+        figures("spool directory read-only mid-run (100 spooled before, 100 after), sink down, then both back",
+                200, c["written"], lane.spool.spooled_total, c["lost"], duplicated(state))
+    finally:
+        guard.stop()
+        lane.stop(1.0)
+
+
+def test_prometheus_says_how_many_were_lost_and_that_the_disk_is_full(disk) -> None:
+    fill(disk)
+    state = new_state(down=True)
+    lane = lane_on(disk, state, queue_size=100)
+    engine = Engine(parse_config({"cdr": {"log": True}}), lane_factory=lambda config: [lane]).start()
+    try:
+        for index in range(250):
+            lane.offer(record(index), time.monotonic())
+        assert wait_for(lambda: lane.disk == "full" and lane.status()["lost"] > 0 and adds_up(lane), 10), counts(lane)
+        status = engine.status()
+        sink = status["sinks"][0]
+        lines = set(prometheus(status).splitlines())
+        assert 100 <= sink["lost"] <= 150, sink  # what the queue of 100 (and the batch in flight) could not hold
+        assert f'fs_cdr_sink_lost_total{{sink="test"}} {sink["lost"]}' in lines
+        assert "# TYPE fs_cdr_sink_lost_total counter" in lines and "# TYPE fs_cdr_sink_disk gauge" in lines
+        assert 'fs_cdr_sink_disk{sink="test",state="full"} 1' in lines
+        for other in ("ok", "low", "failing"):
+            assert f'fs_cdr_sink_disk{{sink="test",state="{other}"}} 0' in lines
+        assert 'fs_cdr_sink_healthy{sink="test"} 0' in lines
+    finally:
+        engine.stop(0.5)
+

@@ -581,3 +581,73 @@ def test_prometheus_says_how_many_were_lost_and_that_the_disk_is_full(disk) -> N
     finally:
         engine.stop(0.5)
 
+
+def test_replay_with_the_sink_unreachable_exits_1_naming_the_sink_and_its_error(tmp_path, table_name) -> None:
+    spool_dir = str(tmp_path / "spool")
+    events = _events_file(str(tmp_path / "calls.jsonl"), 50, "away")
+    down = _cdr_json(str(tmp_path / "down.json"), table_name, spool_dir, 1)  # nothing listens on port 1
+    up = _cdr_json(str(tmp_path / "up.json"), table_name, spool_dir, MARIADB["port"])
+    try:
+        played = _fs_cdr("-c", down, "play", "--timeout", "1", events)
+        assert played.returncode == 1 and "Traceback" not in played.stderr, played.stderr[-2000:]
+        replayed = _fs_cdr("-c", down, "replay", "--timeout", "2")
+        assert replayed.returncode == 1, replayed.stdout + replayed.stderr[-2000:]
+        line = [line for line in replayed.stdout.splitlines() if line.startswith("mysql:")]
+        assert line and "50 spooled, 0 written" in line[0] and "50 still spooled" in line[0], replayed.stdout
+        assert "Can't connect" in line[0] and "127.0.0.1" in line[0], line  # the driver's own error
+        assert "Traceback" not in replayed.stderr
+        replayed = _fs_cdr("-c", up, "replay", "--timeout", "60")
+        assert replayed.returncode == 0 and "; done" in replayed.stdout, replayed.stdout + replayed.stderr[-2000:]
+        assert len(rows("mysql", tmp_path, table_name, "uuid")) == 50
+    finally:
+        drop_table("mysql", tmp_path, table_name)
+
+
+def test_replay_on_a_read_only_spool_disk_exits_1_and_says_why(tmp_path, table_name) -> None:
+    spool_dir = str(tmp_path / "disk")
+    events = _events_file(str(tmp_path / "calls.jsonl"), 50, "ro")
+    down = _cdr_json(str(tmp_path / "down.json"), table_name, spool_dir, 1)
+    up = _cdr_json(str(tmp_path / "up.json"), table_name, spool_dir, MARIADB["port"])
+    with tiny_disk(spool_dir, "8m"):
+        try:
+            played = _fs_cdr("-c", down, "play", "--timeout", "1", events)
+            assert played.returncode == 1, played.stderr[-2000:]
+            remount(spool_dir, "ro")  # nothing holds it open now
+            try:
+                replayed = _fs_cdr("-c", up, "replay", "--timeout", "5")
+            finally:
+                remount(spool_dir, "rw")
+            assert replayed.returncode == 1, replayed.stdout + replayed.stderr[-2000:]
+            assert "could not be opened" in replayed.stdout and "Read-only file system" in replayed.stdout, replayed.stdout
+            assert f"cannot open the spool {os.path.join(spool_dir, 'mysql')}" in replayed.stderr, replayed.stderr[-2000:]
+            assert "Traceback" not in replayed.stderr
+            replayed = _fs_cdr("-c", up, "replay", "--timeout", "60")
+            assert replayed.returncode == 0, replayed.stdout + replayed.stderr[-2000:]
+            assert len(rows("mysql", tmp_path, table_name, "uuid")) == 50
+        finally:
+            drop_table("mysql", tmp_path, table_name)
+
+
+def test_import_exits_1_when_the_spool_disk_refused_although_every_record_was_written(tmp_path, capsys) -> None:
+    """Like play: an import that had no spool to fall back on says so in its exit code."""
+    from fs_cdr.cli import main
+
+    spool_dir = str(tmp_path / "disk")
+    path = tmp_path / "cdr.json"
+    path.write_text(json.dumps({"cdr": {"spool_dir": spool_dir, "database": {
+        "dbtype": "sqlite", "connectionstring": str(tmp_path / "cdr.sqlite"), "worker_process": False}}}))
+    native = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+    with tiny_disk(spool_dir, "2m"):
+        remount(spool_dir, "ro")
+        try:
+            assert main(["-c", str(path), "import", native]) == 1
+        finally:
+            remount(spool_dir, "rw")
+        captured = capsys.readouterr()
+        # 13 legs, each as mod_json_cdr and as mod_xml_cdr wrote it: 26 records, 13 rows
+        assert "0 bad files" in captured.out and "sqlite: 26 written" in captured.out, captured.out
+        assert f"fs-cdr import: sink sqlite: cannot open the spool {os.path.join(spool_dir, 'sqlite')}" in captured.err
+        assert "Read-only file system" in captured.err
+        assert len(rows("sqlite", tmp_path, "cdr")) == 13
+        assert main(["-c", str(path), "import", native]) == 0  # the same import, the disk writable
+

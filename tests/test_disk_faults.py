@@ -651,3 +651,24 @@ def test_import_exits_1_when_the_spool_disk_refused_although_every_record_was_wr
         assert len(rows("sqlite", tmp_path, "cdr")) == 13
         assert main(["-c", str(path), "import", native]) == 0  # the same import, the disk writable
 
+
+def test_replay_answers_ok_once_a_sink_that_was_down_takes_the_retry_it_triggers(tmp_path) -> None:
+    """``python fs_cdr replay`` skips the backoff (30 s here) and waits for that retry before it
+    answers: a sink that is back is not reported failing."""
+    state = new_state(down=True)
+    lane = SinkLane("test", "switchable", lambda: SwitchableSink(state),
+                    BatchSettings(batch_size=50, flush_interval_ms=10, worker_process=False),
+                    str(tmp_path), backoff=Backoff(base_s=30, cap_s=30))
+    engine = Engine(parse_config({"cdr": {"log": True}}), lane_factory=lambda config: [lane]).start()
+    try:
+        for index in range(20):
+            lane.offer(record(index), time.monotonic())
+        assert wait_for(lambda: lane.spool.pending == 20 and lane.failures, 10), counts(lane)
+        ok, answer = engine.replay_report()
+        assert not ok and "test: 20 spooled (the sink fails: RetriableError: " in answer, answer
+        state["down"] = False
+        ok, answer = engine.replay_report()
+        assert ok and lane.failures == 0, answer
+        assert wait_for(lambda: len(state["rows"]) == 20 and lane.settled(), 10)
+    finally:
+        engine.stop(0.5)

@@ -190,6 +190,8 @@ def test_a_full_spool_disk_keeps_records_in_memory_until_the_sink_takes_them(dis
         assert c == {"received": 2000, "written": 2000, "queued": 0, "spooled": 0, "rejected": 0, "lost": 0}, c
         assert wait_for(lambda: lane.disk in ("ok", "low"), 5)
         assert any("takes records again" in r.getMessage() for r in caplog.records)
+        figures("sink down, 2,000 records of 3 KB, spool on a 2 MB tmpfs, then the sink back", 2000, c["written"],
+                lane.spool.spooled_total, c["lost"], duplicated(state))
     finally:
         guard.stop()
         lane.stop(1.0)
@@ -219,6 +221,7 @@ def test_what_memory_cannot_hold_is_counted_lost_and_its_uuids_logged(disk, capl
         assert c["written"] + c["lost"] == 1000 and adds_up(lane), c
         assert len(state["rows"]) == c["written"]
         assert first_lost not in state["rows"]  # the uuid the log named is really the one missing
+        figures("same, queue_size 300", 1000, c["written"], lane.spool.spooled_total, c["lost"], duplicated(state))
     finally:
         guard.stop()
         lane.stop(1.0)
@@ -262,6 +265,9 @@ def test_a_read_only_disk_holds_records_in_memory_and_they_spool_once_it_is_writ
         assert lane.disk in ("ok", "low") and adds_up(lane)
         state["down"] = False
         assert wait_for(lambda: len(state["rows"]) == 100 and lane.settled(), 20)
+        c = counts(lane)
+        figures("spool disk read-only at start, then writable, then the sink back", 100, c["written"],
+                lane.spool.spooled_total, c["lost"], duplicated(state))
     finally:
         guard.stop()
         lane.stop(1.0)
@@ -287,6 +293,8 @@ def test_a_spool_directory_removed_by_hand_is_counted_lost_and_made_again(tmp_pa
         assert c["lost"] == 30 and c["written"] == 10 and adds_up(lane), c
         assert sorted(state["rows"]) == [f"call-{index:06d}" for index in range(30, 40)]
         assert any("removed from the spool by hand" in m for m in disk_lines(caplog, "lost"))
+        figures("spool directory removed by hand with 30 records in it", 40, c["written"], lane.spool.spooled_total,
+                c["lost"], duplicated(state))
     finally:
         lane.stop(1.0)
 
@@ -351,6 +359,9 @@ def test_replay_drains_a_spool_on_a_disk_with_no_byte_free(disk, offset_files) -
         assert len(state["rows"]) == spooled
         assert not [n for n in os.listdir(os.path.join(disk, "test")) if n.endswith(".jsonl")]
         assert adds_up(lane) and counts(lane)["written"] == spooled
+        c = counts(lane)
+        figures(f"replay with no byte free on the spool's disk, offset files {offset_files}", spooled, c["written"],
+                spooled, c["lost"], duplicated(state))
     finally:
         lane.stop(1.0)
 
@@ -425,6 +436,9 @@ def test_play_and_replay_on_a_full_disk_say_what_they_could_not_do(tmp_path, tab
             assert len(written) + lost == 2000, (len(written), lost, replayed.stdout)
             assert "; done" in replayed.stdout and "Traceback" not in replayed.stderr
             assert not [n for n in os.listdir(os.path.join(spool_dir, "mysql")) if n.endswith(".jsonl")]
+            spooled = int(re.search(r"mysql: (\d+) spooled", replayed.stdout).group(1))  # type: ignore[union-attr]
+            figures("fs-cdr play of 2,000 hangups, MariaDB unreachable, spool on a 2 MB tmpfs; then fs-cdr replay",
+                    2000, len(written), spooled, lost, len(written) - len({row["uuid"] for row in written}))
         finally:
             drop_table("mysql", tmp_path, table_name)
 
@@ -598,7 +612,10 @@ def test_replay_with_the_sink_unreachable_exits_1_naming_the_sink_and_its_error(
         assert "Traceback" not in replayed.stderr
         replayed = _fs_cdr("-c", up, "replay", "--timeout", "60")
         assert replayed.returncode == 0 and "; done" in replayed.stdout, replayed.stdout + replayed.stderr[-2000:]
-        assert len(rows("mysql", tmp_path, table_name, "uuid")) == 50
+        written = rows("mysql", tmp_path, table_name, "uuid")
+        assert len(written) == 50
+        figures("fs-cdr replay with MariaDB unreachable (exit 1), then reachable", 50, len(written), 50, 0,
+                len(written) - len({row["uuid"] for row in written}))
     finally:
         drop_table("mysql", tmp_path, table_name)
 

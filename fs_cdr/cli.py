@@ -229,19 +229,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
     lanes = lanes_for(config)
     waiting = {lane.name: lane.spool.pending for lane in lanes}
     total = sum(waiting.values())
-    for lane in lanes:
-        lane.start()
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline and not all(lane.settled() for lane in lanes):
-        left = sum(lane.spool.pending for lane in lanes)
-        print(f"\rreplaying: {total - left}/{total}", end="", file=sys.stderr, flush=True)
-        time.sleep(0.2)
-    print(file=sys.stderr)
+    left_by_lane: dict[str, int] = {}
+    try:
+        for lane in lanes:
+            lane.start()
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and not all(lane.settled() for lane in lanes):
+            left = sum(lane.spool.pending for lane in lanes)
+            print(f"\rreplaying: {total - left}/{total}", end="", file=sys.stderr, flush=True)
+            time.sleep(0.2)
+        print(file=sys.stderr)
+        left_by_lane = {lane.name: lane.spool.pending for lane in lanes}
+    finally:
+        for lane in lanes:  # whatever happened (Ctrl-C too), each spool is closed and its lock given up
+            lane.stop(1.0)
     problems = 0
     for lane in lanes:
-        left = lane.spool.pending
-        lane.stop(1.0)
-        state = "done" if not left else f"{left} still spooled: {lane.stats.last_error or 'timed out'}"
+        left = left_by_lane[lane.name]
+        if lane.spool.error is not None:
+            state = f"the spool could not be opened ({lane.spool.error}): nothing replayed"
+        elif left:
+            state = f"{left} still spooled: {lane.stats.last_error or 'timed out'}"
+        else:
+            state = "done"
         print(f"{lane.name}: {waiting[lane.name]} spooled, {lane.stats.replayed} written, "
               f"{lane.stats.rejected} refused; {state}")
         troubles = _lane_troubles([lane])
@@ -315,7 +325,10 @@ def cmd_import(args: argparse.Namespace) -> int:
           f"skip variable, {len(bad)} bad files")
     for sink in status["sinks"]:
         print(f"  {sink['sink']}: {sink['written']} written, {sink['rejected']} refused, {sink['spooled']} spooled")
-    return 1 if bad or not flushed else 0
+    troubles = _lane_troubles(engine.lanes)
+    for line in troubles:
+        print(f"fs-cdr import: {line}", file=sys.stderr)
+    return 1 if bad or not flushed or troubles else 0
 
 
 def cmd_tail(args: argparse.Namespace) -> int:

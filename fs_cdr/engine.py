@@ -51,6 +51,9 @@ GUARD_WAIT_S = 0.05
 #: a Redis channel publishes every state change.
 UPDATE_HOLD_S = 0.02
 
+#: How long ``replay`` waits for a failing sink's immediate retry before it says how that went.
+REPLAY_WAIT_S = 1.0
+
 LaneFactory = Callable[[CdrConfig], list[SinkLane]]
 
 
@@ -344,16 +347,36 @@ class Engine:
 
     def replay(self) -> str:
         """Retry every sink now (skipping its backoff); the spool drains as soon as a sink takes writes."""
+        return self.replay_report()[1]
+
+    def replay_report(self, wait_s: float = REPLAY_WAIT_S) -> tuple[bool, str]:
+        """:meth:`replay`, and whether nothing stands in the way: each failing sink is tried at once
+        and given up to ``wait_s`` to answer, so that a sink which is back is not reported failing.
+        False when a sink still fails (named with its error), its spool's disk refuses, or records
+        were lost."""
+        failing = {lane.name: lane.stats.retries for lane in self.lanes if lane.failures}
+        pending = {lane.name: lane.replay_now() for lane in self.lanes}
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and any(
+                lane.failures and lane.stats.retries == failing[lane.name]
+                for lane in self.lanes if lane.name in failing):
+            time.sleep(0.01)
         parts = []
+        ok = True
         for lane in self.lanes:
-            part = f"{lane.name}: {lane.replay_now()} spooled"
+            part = f"{lane.name}: {pending[lane.name]} spooled"
+            if lane.failures:
+                ok = False
+                part += f" (the sink fails: {lane.stats.last_error or 'no answer yet'})"
             if lane.disk_error:
+                ok = False
                 part += f" (the spool's disk refuses: {lane.disk_error})"
             lost = lane.stats.lost + lane.spool.lost
             if lost:
+                ok = False
                 part += f" ({lost} records lost, see the log)"
             parts.append(part)
-        return "replaying " + (", ".join(parts) or "nothing")
+        return ok, "replaying " + (", ".join(parts) or "nothing")
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every lane has written everything it received, spool included."""

@@ -225,8 +225,8 @@ def command(argument: str) -> str:
             return prometheus(status)
         return format_status(status)
     if name == "replay":
-        answer = engine.replay()
-        return ("-ERR " if "refuses" in answer or "lost" in answer else "+OK ") + answer
+        ok, answer = engine.replay_report()
+        return ("+OK " if ok else "-ERR ") + answer
     if name == "rotate":  # as mod_cdr_csv rotates on HUP: each file sink's writer opens a new file
         from .sinks.file import rotate_files
 

@@ -6,9 +6,15 @@ import glob
 import json
 import os
 import sqlite3
+import time
+from types import SimpleNamespace
 
+import pytest
+
+import fs_cdr.cli as cli
 from conftest import EVENTS_DIR, TOTAL_ROWS, database_entry, drop_table
 from fs_cdr.cli import main
+from fs_cdr.spool import Spool
 
 
 def write_config(tmp_path, cdr) -> str:
@@ -62,3 +68,25 @@ def test_a_bad_configuration_exits_2_naming_the_key(tmp_path, capsys) -> None:
     path = write_config(tmp_path, {"database": {"dbtype": "mysql", "connectionstring": "x@y", "tabel": "t"}})
     assert main(["check", "-c", path]) == 2
     assert "cdr.database.tabel" in capsys.readouterr().err
+
+
+def test_an_interrupted_replay_stops_its_sinks_and_gives_the_spool_up(tmp_path, monkeypatch) -> None:
+    """Ctrl-C while `fs-cdr replay` waits for an unreachable sink: the lanes are stopped all the same
+    (their spools closed, the lock given up), and nothing spooled is lost."""
+    spool_dir = tmp_path / "spool"
+    spool = Spool(str(spool_dir / "nowhere"))
+    spool.append([{"uuid": "waiting-1"}, {"uuid": "waiting-2"}])
+    spool.close()
+    path = write_config(tmp_path, {"spool_dir": str(spool_dir), "database": {
+        "dbtype": "pgsql", "connectionstring": "127.0.0.1,1@test", "name": "nowhere", "timeout_s": 1,
+        "worker_process": False}})
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "time", SimpleNamespace(monotonic=time.monotonic, sleep=interrupt))
+    with pytest.raises(KeyboardInterrupt):
+        main(["-c", path, "replay", "--timeout", "5"])
+    again = Spool(str(spool_dir / "nowhere"))  # SpoolBusy if the interrupted lane still held it
+    assert again.pending == 2
+    again.close()

@@ -22,12 +22,15 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import MARIADB, drop_table, hangups, rows
-from fs_cdr.config import BatchSettings
+from fs_cdr.config import BatchSettings, parse_config
+from fs_cdr.engine import Engine
 from fs_cdr.errors import RetriableError
+from fs_cdr.metrics import prometheus
 from fs_cdr.retry import Backoff
-from fs_cdr.spool import Spool
-from fs_cdr.writer import Guard, SinkLane
+from fs_cdr.spool import Spool, disk_space
+from fs_cdr.writer import SPACE_CHECK_S, Guard, SinkLane
 from processes import wait_for
+from test_spool import hanging_lane
 
 #: A record about the size of a real one with ``details`` (3.5 KB).
 PAYLOAD = json.dumps({"sip_h_X-Padding": "x" * 3000})
@@ -49,6 +52,7 @@ class SwitchableSink:
         with self.state["lock"]:
             for record in records:
                 self.state["rows"][record["uuid"]] = record
+                self.state["writes"].append(record["uuid"])
 
     def close(self) -> None:
         pass
@@ -82,6 +86,35 @@ def remount(path: str, mode: str) -> None:
         pytest.skip(f"cannot remount {path} {mode}: {result.stderr.strip()}")
 
 
+@contextmanager
+def read_only(path: str) -> Iterator[str]:
+    """``path`` made read-only while fs_cdr runs: a read-only bind mount of the directory over itself.
+    (``mount -o remount,ro`` of the whole filesystem is refused, EBUSY, while a process holds a file
+    on it open for writing, as every lane holds its spool's lock file.) Every file opened or made
+    there from then on gets EROFS; the descriptors opened before stay writable."""
+    result = subprocess.run(["mount", "--bind", path, path], capture_output=True, text=True, timeout=20)
+    if result.returncode:
+        pytest.skip(f"cannot bind-mount {path} here ({result.stderr.strip()}); run the tests as root")
+    result = subprocess.run(["mount", "-o", "remount,bind,ro", path], capture_output=True, text=True, timeout=20)
+    if result.returncode:
+        _umount(path)
+        pytest.skip(f"cannot make the bind mount of {path} read-only: {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        _umount(path)
+
+
+def figures(fault: str, sent: int, written: int, spooled: int, lost: int, duplicated: int) -> None:
+    """One line of docs/durability.md's "Measured" table (shown with ``pytest -s``)."""
+    print(f"\nFIGURES | {fault} | sent {sent} | written {written} | spooled {spooled} | lost {lost} "
+          f"| duplicated {duplicated}")
+
+
+def duplicated(state: dict[str, Any]) -> int:
+    return len(state["writes"]) - len(set(state["writes"]))
+
+
 def fill(path: str) -> str:
     """Take every free byte of the filesystem at ``path`` with a ballast file; returns its path."""
     ballast = os.path.join(path, "ballast")
@@ -106,7 +139,7 @@ def lane_on(directory: str, state: dict[str, Any], queue_size: int = 5000, **set
 
 
 def new_state(down: bool = True) -> dict[str, Any]:
-    return {"down": down, "rows": {}, "lock": threading.Lock()}
+    return {"down": down, "rows": {}, "writes": [], "lock": threading.Lock()}
 
 
 def record(index: int, tag: str = "call") -> dict[str, Any]:
@@ -157,6 +190,8 @@ def test_a_full_spool_disk_keeps_records_in_memory_until_the_sink_takes_them(dis
         assert c == {"received": 2000, "written": 2000, "queued": 0, "spooled": 0, "rejected": 0, "lost": 0}, c
         assert wait_for(lambda: lane.disk in ("ok", "low"), 5)
         assert any("takes records again" in r.getMessage() for r in caplog.records)
+        figures("sink down, 2,000 records of 3 KB, spool on a 2 MB tmpfs, then the sink back", 2000, c["written"],
+                lane.spool.spooled_total, c["lost"], duplicated(state))
     finally:
         guard.stop()
         lane.stop(1.0)
@@ -186,6 +221,7 @@ def test_what_memory_cannot_hold_is_counted_lost_and_its_uuids_logged(disk, capl
         assert c["written"] + c["lost"] == 1000 and adds_up(lane), c
         assert len(state["rows"]) == c["written"]
         assert first_lost not in state["rows"]  # the uuid the log named is really the one missing
+        figures("same, queue_size 300", 1000, c["written"], lane.spool.spooled_total, c["lost"], duplicated(state))
     finally:
         guard.stop()
         lane.stop(1.0)
@@ -229,6 +265,9 @@ def test_a_read_only_disk_holds_records_in_memory_and_they_spool_once_it_is_writ
         assert lane.disk in ("ok", "low") and adds_up(lane)
         state["down"] = False
         assert wait_for(lambda: len(state["rows"]) == 100 and lane.settled(), 20)
+        c = counts(lane)
+        figures("spool disk read-only at start, then writable, then the sink back", 100, c["written"],
+                lane.spool.spooled_total, c["lost"], duplicated(state))
     finally:
         guard.stop()
         lane.stop(1.0)
@@ -254,6 +293,8 @@ def test_a_spool_directory_removed_by_hand_is_counted_lost_and_made_again(tmp_pa
         assert c["lost"] == 30 and c["written"] == 10 and adds_up(lane), c
         assert sorted(state["rows"]) == [f"call-{index:06d}" for index in range(30, 40)]
         assert any("removed from the spool by hand" in m for m in disk_lines(caplog, "lost"))
+        figures("spool directory removed by hand with 30 records in it", 40, c["written"], lane.spool.spooled_total,
+                c["lost"], duplicated(state))
     finally:
         lane.stop(1.0)
 
@@ -318,6 +359,9 @@ def test_replay_drains_a_spool_on_a_disk_with_no_byte_free(disk, offset_files) -
         assert len(state["rows"]) == spooled
         assert not [n for n in os.listdir(os.path.join(disk, "test")) if n.endswith(".jsonl")]
         assert adds_up(lane) and counts(lane)["written"] == spooled
+        c = counts(lane)
+        figures(f"replay with no byte free on the spool's disk, offset files {offset_files}", spooled, c["written"],
+                spooled, c["lost"], duplicated(state))
     finally:
         lane.stop(1.0)
 
@@ -392,5 +436,256 @@ def test_play_and_replay_on_a_full_disk_say_what_they_could_not_do(tmp_path, tab
             assert len(written) + lost == 2000, (len(written), lost, replayed.stdout)
             assert "; done" in replayed.stdout and "Traceback" not in replayed.stderr
             assert not [n for n in os.listdir(os.path.join(spool_dir, "mysql")) if n.endswith(".jsonl")]
+            spooled = int(re.search(r"mysql: (\d+) spooled", replayed.stdout).group(1))  # type: ignore[union-attr]
+            figures("fs-cdr play of 2,000 hangups, MariaDB unreachable, spool on a 2 MB tmpfs; then fs-cdr replay",
+                    2000, len(written), spooled, lost, len(written) - len({row["uuid"] for row in written}))
         finally:
             drop_table("mysql", tmp_path, table_name)
+
+
+def test_little_free_space_is_warned_once_per_change_naming_the_path_and_the_space(tmp_path, caplog) -> None:
+    """Under LOW_FREE_SHARE of the spool's disk free: one WARNING naming the path and the free space,
+    not one per guard tick (the space is looked at again every SPACE_CHECK_S); another once the disk
+    went back to ok and then low again."""
+    with tiny_disk(str(tmp_path / "disk"), "20m") as disk:
+        _free, size = disk_space(disk)
+        ballast = os.path.join(disk, "ballast")
+        with open(ballast, "wb") as handle:
+            handle.write(b"\0" * int(size * 0.93))  # 93 % full: 1.5 MB left
+        state = new_state(down=True)
+        lane = lane_on(disk, state)
+        guard = Guard(lambda: [lane], 0.1)
+        lane.start()
+        guard.start()
+
+        def warnings() -> list[str]:
+            return [r.getMessage() for r in caplog.records
+                    if r.levelno == logging.WARNING and "little room left" in r.getMessage()]
+
+        try:
+            for wave in range(5):  # spooled over several ticks, each append looking at the space
+                for index in range(20):
+                    lane.offer(record(wave * 20 + index), time.monotonic())
+                time.sleep(0.3)
+            assert wait_for(lambda: lane.spool.pending == 100 and lane.queued() == 0, 10), counts(lane)
+            time.sleep(2.5 * SPACE_CHECK_S)  # guard ticks, and the space looked at again, twice or more
+            lines = warnings()
+            assert len(lines) == 1, lines
+            assert disk in lines[0] and re.search(r"\d+\.\d MB free of 2\d\.\d MB", lines[0]), lines[0]
+            status = lane.status()
+            assert status["disk"] == "low" and status["disk_error"] == "" and adds_up(lane), status
+
+            os.unlink(ballast)
+            assert wait_for(lambda: lane.disk == "ok", 5)
+            with open(ballast, "wb") as handle:
+                handle.write(b"\0" * int(size * 0.93))
+            assert wait_for(lambda: lane.disk == "low", 5)
+            time.sleep(2.5 * SPACE_CHECK_S)
+            assert len(warnings()) == 2, warnings()
+        finally:
+            guard.stop()
+            lane.stop(1.0)
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_journal_the_disk_refuses_keeps_the_records_in_memory_until_the_sink_answers(disk, fault, caplog) -> None:
+    """The sink hangs (not down: nothing goes to the spool), so records that waited half the window
+    are due for the journal; its disk refuses. They stay in memory, uncounted as lost, the disk state
+    says why, and they are all written, each once, when the sink answers."""
+    lane, state, gate = hanging_lane(disk)
+    lane.start()
+    uuids = [f"slow-{index}" for index in range(30)]
+    refusing: Any = read_only(lane.journal.directory) if fault == "read-only" else tiny_fill(disk)
+    try:
+        start = time.monotonic()
+        for uuid in uuids:
+            lane.offer({"uuid": uuid}, start)
+        assert wait_for(lambda: lane.writers[0]._inflight is not None, 5)
+        with refusing:
+            for tick in range(1, 6):  # every record waited past half the window: due for the journal
+                lane.guard(start + 0.15 * tick, 0.2)
+            status = lane.status()
+            assert lane.journal.journaled_total == 0 and status["journaled"] == 0, status
+            assert status["queued"] == 30 and status["lost"] == 0 and adds_up(lane), status
+            assert status["disk"] == ("full" if fault == "full" else "failing"), status
+            assert ("ENOSPC" if fault == "full" else "EROFS") in status["disk_error"], status
+            assert not status["healthy"]
+            refusals = disk_lines(caplog, "refuses records")
+            assert len(refusals) == 1 and lane.spool.directory in refusals[0] and "MB free of" in refusals[0], refusals
+            gate.set()
+            assert wait_for(lambda: lane.drained() and len(state["rows"]) == 30, 20), counts(lane)
+        c = counts(lane)
+        assert c == {"received": 30, "written": 30, "queued": 0, "spooled": 0, "rejected": 0, "lost": 0}, c
+        assert sorted(state["writes"]) == sorted(uuids)  # each exactly once
+        figures(f"journal on a {fault} disk, sink hanging", 30, c["written"], lane.spool.spooled_total,
+                c["lost"], duplicated(state))
+    finally:
+        gate.set()
+        lane.stop(1.0)
+
+
+@contextmanager
+def tiny_fill(path: str) -> Iterator[str]:
+    """The filesystem at ``path`` full while inside; the ballast removed after."""
+    ballast = fill(path)
+    try:
+        yield ballast
+    finally:
+        os.unlink(ballast)
+
+
+def test_a_spool_directory_made_read_only_mid_run_keeps_later_records_in_memory(disk, caplog) -> None:
+    """Records already spooled (sink down), then the spool directory turns read-only: the records
+    after stay in memory, the disk state says so once, nothing is lost; writable again and the sink
+    back, every record is written exactly once and the counters add up at every step."""
+    state = new_state(down=True)
+    lane = lane_on(disk, state)
+    guard = Guard(lambda: [lane], 0.1)
+    lane.start()
+    guard.start()
+    try:
+        for index in range(100):
+            lane.offer(record(index), time.monotonic())
+        assert wait_for(lambda: lane.spool.pending == 100 and lane.queued() == 0 and adds_up(lane), 10), counts(lane)
+        # the replay's next try reads the segment and closes it: the next append makes a new file
+        assert wait_for(lambda: lane.spool._fd is None, 5)
+        with read_only(lane.spool.directory):
+            for index in range(100, 200):
+                lane.offer(record(index), time.monotonic())
+            assert wait_for(lambda: lane.disk == "failing", 5), lane.status()
+            time.sleep(1.0)  # ten guard ticks on the read-only directory
+            c = counts(lane)
+            assert c["queued"] == 100 and c["spooled"] == 100 and c["lost"] == 0 and adds_up(lane), c
+            status = lane.status()
+            assert "EROFS" in status["disk_error"] and status["disk"] == "failing" and not status["healthy"]
+            assert len(disk_lines(caplog, "refuses records")) == 1
+        assert wait_for(lambda: lane.spool.pending == 200 and lane.queued() == 0, 10), counts(lane)
+        assert adds_up(lane) and lane.disk in ("ok", "low")
+        state["down"] = False
+        assert wait_for(lambda: len(state["rows"]) == 200 and lane.settled(), 30), counts(lane)
+        c = counts(lane)
+        assert c == {"received": 200, "written": 200, "queued": 0, "spooled": 0, "rejected": 0, "lost": 0}, c
+        assert duplicated(state) == 0 and len(state["writes"]) == 200
+        figures("spool directory read-only mid-run (100 spooled before, 100 after), sink down, then both back",
+                200, c["written"], lane.spool.spooled_total, c["lost"], duplicated(state))
+    finally:
+        guard.stop()
+        lane.stop(1.0)
+
+
+def test_prometheus_says_how_many_were_lost_and_that_the_disk_is_full(disk) -> None:
+    fill(disk)
+    state = new_state(down=True)
+    lane = lane_on(disk, state, queue_size=100)
+    engine = Engine(parse_config({"cdr": {"log": True}}), lane_factory=lambda config: [lane]).start()
+    try:
+        for index in range(250):
+            lane.offer(record(index), time.monotonic())
+        assert wait_for(lambda: lane.disk == "full" and lane.status()["lost"] > 0 and adds_up(lane), 10), counts(lane)
+        status = engine.status()
+        sink = status["sinks"][0]
+        lines = set(prometheus(status).splitlines())
+        assert 100 <= sink["lost"] <= 150, sink  # what the queue of 100 (and the batch in flight) could not hold
+        assert f'fs_cdr_sink_lost_total{{sink="test"}} {sink["lost"]}' in lines
+        assert "# TYPE fs_cdr_sink_lost_total counter" in lines and "# TYPE fs_cdr_sink_disk gauge" in lines
+        assert 'fs_cdr_sink_disk{sink="test",state="full"} 1' in lines
+        for other in ("ok", "low", "failing"):
+            assert f'fs_cdr_sink_disk{{sink="test",state="{other}"}} 0' in lines
+        assert 'fs_cdr_sink_healthy{sink="test"} 0' in lines
+    finally:
+        engine.stop(0.5)
+
+
+def test_replay_with_the_sink_unreachable_exits_1_naming_the_sink_and_its_error(tmp_path, table_name) -> None:
+    spool_dir = str(tmp_path / "spool")
+    events = _events_file(str(tmp_path / "calls.jsonl"), 50, "away")
+    down = _cdr_json(str(tmp_path / "down.json"), table_name, spool_dir, 1)  # nothing listens on port 1
+    up = _cdr_json(str(tmp_path / "up.json"), table_name, spool_dir, MARIADB["port"])
+    try:
+        played = _fs_cdr("-c", down, "play", "--timeout", "1", events)
+        assert played.returncode == 1 and "Traceback" not in played.stderr, played.stderr[-2000:]
+        replayed = _fs_cdr("-c", down, "replay", "--timeout", "2")
+        assert replayed.returncode == 1, replayed.stdout + replayed.stderr[-2000:]
+        line = [line for line in replayed.stdout.splitlines() if line.startswith("mysql:")]
+        assert line and "50 spooled, 0 written" in line[0] and "50 still spooled" in line[0], replayed.stdout
+        assert "Can't connect" in line[0] and "127.0.0.1" in line[0], line  # the driver's own error
+        assert "Traceback" not in replayed.stderr
+        replayed = _fs_cdr("-c", up, "replay", "--timeout", "60")
+        assert replayed.returncode == 0 and "; done" in replayed.stdout, replayed.stdout + replayed.stderr[-2000:]
+        written = rows("mysql", tmp_path, table_name, "uuid")
+        assert len(written) == 50
+        figures("fs-cdr replay with MariaDB unreachable (exit 1), then reachable", 50, len(written), 50, 0,
+                len(written) - len({row["uuid"] for row in written}))
+    finally:
+        drop_table("mysql", tmp_path, table_name)
+
+
+def test_replay_on_a_read_only_spool_disk_exits_1_and_says_why(tmp_path, table_name) -> None:
+    spool_dir = str(tmp_path / "disk")
+    events = _events_file(str(tmp_path / "calls.jsonl"), 50, "ro")
+    down = _cdr_json(str(tmp_path / "down.json"), table_name, spool_dir, 1)
+    up = _cdr_json(str(tmp_path / "up.json"), table_name, spool_dir, MARIADB["port"])
+    with tiny_disk(spool_dir, "8m"):
+        try:
+            played = _fs_cdr("-c", down, "play", "--timeout", "1", events)
+            assert played.returncode == 1, played.stderr[-2000:]
+            remount(spool_dir, "ro")  # nothing holds it open now
+            try:
+                replayed = _fs_cdr("-c", up, "replay", "--timeout", "5")
+            finally:
+                remount(spool_dir, "rw")
+            assert replayed.returncode == 1, replayed.stdout + replayed.stderr[-2000:]
+            assert "could not be opened" in replayed.stdout and "Read-only file system" in replayed.stdout, replayed.stdout
+            assert f"cannot open the spool {os.path.join(spool_dir, 'mysql')}" in replayed.stderr, replayed.stderr[-2000:]
+            assert "Traceback" not in replayed.stderr
+            replayed = _fs_cdr("-c", up, "replay", "--timeout", "60")
+            assert replayed.returncode == 0, replayed.stdout + replayed.stderr[-2000:]
+            assert len(rows("mysql", tmp_path, table_name, "uuid")) == 50
+        finally:
+            drop_table("mysql", tmp_path, table_name)
+
+
+def test_import_exits_1_when_the_spool_disk_refused_although_every_record_was_written(tmp_path, capsys) -> None:
+    """Like play: an import that had no spool to fall back on says so in its exit code."""
+    from fs_cdr.cli import main
+
+    spool_dir = str(tmp_path / "disk")
+    path = tmp_path / "cdr.json"
+    path.write_text(json.dumps({"cdr": {"spool_dir": spool_dir, "database": {
+        "dbtype": "sqlite", "connectionstring": str(tmp_path / "cdr.sqlite"), "worker_process": False}}}))
+    native = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+    with tiny_disk(spool_dir, "2m"):
+        remount(spool_dir, "ro")
+        try:
+            assert main(["-c", str(path), "import", native]) == 1
+        finally:
+            remount(spool_dir, "rw")
+        captured = capsys.readouterr()
+        # 13 legs, each as mod_json_cdr and as mod_xml_cdr wrote it: 26 records, 13 rows
+        assert "0 bad files" in captured.out and "sqlite: 26 written" in captured.out, captured.out
+        assert f"fs-cdr import: sink sqlite: cannot open the spool {os.path.join(spool_dir, 'sqlite')}" in captured.err
+        assert "Read-only file system" in captured.err
+        assert len(rows("sqlite", tmp_path, "cdr")) == 13
+        assert main(["-c", str(path), "import", native]) == 0  # the same import, the disk writable
+
+
+def test_replay_answers_ok_once_a_sink_that_was_down_takes_the_retry_it_triggers(tmp_path) -> None:
+    """``python fs_cdr replay`` skips the backoff (30 s here) and waits for that retry before it
+    answers: a sink that is back is not reported failing."""
+    state = new_state(down=True)
+    lane = SinkLane("test", "switchable", lambda: SwitchableSink(state),
+                    BatchSettings(batch_size=50, flush_interval_ms=10, worker_process=False),
+                    str(tmp_path), backoff=Backoff(base_s=30, cap_s=30))
+    engine = Engine(parse_config({"cdr": {"log": True}}), lane_factory=lambda config: [lane]).start()
+    try:
+        for index in range(20):
+            lane.offer(record(index), time.monotonic())
+        assert wait_for(lambda: lane.spool.pending == 20 and lane.failures, 10), counts(lane)
+        ok, answer = engine.replay_report()
+        assert not ok and "test: 20 spooled (the sink fails: RetriableError: " in answer, answer
+        state["down"] = False
+        ok, answer = engine.replay_report()
+        assert ok and lane.failures == 0, answer
+        assert wait_for(lambda: len(state["rows"]) == 20 and lane.settled(), 10)
+    finally:
+        engine.stop(0.5)

@@ -20,6 +20,7 @@ from fs_cdr.config import parse_config
 from fs_cdr.engine import Engine
 from fs_cdr.metrics import prometheus
 from fs_cdr.record import RecordBuilder
+from fs_cdr.spool import Spool
 from processes import wait_for
 
 NATIVE_COPY = os.path.join(HERE, "native")
@@ -69,6 +70,17 @@ def test_import_walks_folders_is_idempotent_and_reports_bad_files(tmp_path, caps
     assert len(rows("sqlite", tmp_path, "cdr")) == 13
     assert main(["-c", path, "import", NATIVE_COPY]) == 0
     assert len(rows("sqlite", tmp_path, "cdr")) == 13  # re-importing changes nothing
+
+
+def test_import_of_a_missing_path_names_it_imports_the_rest_and_stops_the_engine(tmp_path, capsys) -> None:
+    path = write_config(tmp_path, {"database": database_entry("sqlite", "cdr", tmp_path)})
+    missing = str(tmp_path / "nonexistent")
+    assert main(["-c", path, "import", NATIVE_COPY, missing]) == 1
+    captured = capsys.readouterr()
+    assert f"skipped {missing}: " in captured.err and "No such file" in captured.err, captured.err
+    assert "Traceback" not in captured.err and "1 bad files" in captured.out
+    assert len(rows("sqlite", tmp_path, "cdr")) == 13
+    Spool(str(tmp_path / "spool" / "sqlite")).close()  # the engine stopped: its spool's lock is free
 
 
 def test_unreadable_cdr_files_say_why(tmp_path) -> None:

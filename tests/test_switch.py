@@ -197,3 +197,53 @@ def test_unknown_command_prints_usage_and_a_bad_start_says_why(fake_switch) -> N
     assert answer.startswith("-ERR fs_cdr is not running")
     answer = api(fake_switch, "start")
     assert answer.startswith("-ERR") and "cdr" in answer
+
+
+def _mysql_unreachable(fake_switch, spool_dir: str) -> None:
+    (fake_switch.tmp_path / "cdr.json").write_text(json.dumps({"cdr": {"spool_dir": spool_dir, "database": {
+        "dbtype": "mysql", "connectionstring": "127.0.0.1,1@test", "username": "root",  # nothing on port 1
+        "timeout_s": 1, "worker_process": False}}}))
+
+
+def test_replay_answers_ok_while_every_sink_takes_writes(fake_switch) -> None:
+    api(fake_switch, "start")
+    fake_switch.events.put(FakeEvent(hangups("a_single_null")[0]))
+    assert wait_for(lambda: fake_switch.switch._engine.records == 1, 5)
+    assert api(fake_switch, "flush").startswith("+OK")
+    assert api(fake_switch, "replay") == "+OK replaying sqlite: 0 spooled\n"
+
+
+def test_replay_answers_err_naming_an_unreachable_sink_and_its_error(fake_switch) -> None:
+    _mysql_unreachable(fake_switch, str(fake_switch.tmp_path / "spool"))
+    api(fake_switch, "start")
+    for event in hangups("b_bridge_null"):
+        fake_switch.events.put(FakeEvent(event))
+    assert wait_for(lambda: fake_switch.switch._engine.lanes[0].spool.pending == 2, 10)
+    lane = fake_switch.switch._engine.lanes[0]
+    answer = api(fake_switch, "replay")
+    assert answer.startswith("-ERR replaying mysql: 2 spooled (the sink fails: "), answer
+    assert "Can't connect" in answer and "127.0.0.1" in answer, answer
+    assert lane.disk == "ok" and lane.status()["lost"] == 0  # only the sink stands in the way
+
+
+def test_replay_answers_err_when_the_spool_disk_refuses(fake_switch) -> None:
+    """The sink takes writes, the spool's disk is read-only: -ERR, naming the error."""
+    from test_disk_faults import remount, tiny_disk
+
+    spool_dir = str(fake_switch.tmp_path / "disk")
+    config = json.loads((fake_switch.tmp_path / "cdr.json").read_text())
+    config["cdr"]["spool_dir"] = spool_dir
+    (fake_switch.tmp_path / "cdr.json").write_text(json.dumps(config))
+    with tiny_disk(spool_dir):
+        remount(spool_dir, "ro")
+        try:
+            api(fake_switch, "start")
+            fake_switch.events.put(FakeEvent(hangups("a_single_null")[0]))
+            assert wait_for(lambda: fake_switch.switch._engine.records == 1, 5)
+            assert api(fake_switch, "flush").startswith("+OK")  # written all the same
+            answer = api(fake_switch, "replay")
+            assert answer.startswith("-ERR replaying sqlite: 0 spooled (the spool's disk refuses: EROFS"), answer
+            assert "the sink fails" not in answer
+        finally:
+            fake_switch.switch.stop()
+            remount(spool_dir, "rw")

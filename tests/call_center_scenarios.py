@@ -55,7 +55,8 @@ SCENARIOS: dict[str, tuple[str, str, list[Action]]] = {
     "cc_ring_group": ("three lines ring at once (2000), 1101 answers, 1102 and 1103 lose the race",
                       phone("2000", 2000), []),
     "cc_hunt": ("2100 rings 1102 for 3 s (no answer), then 1101, which answers", phone("2100", 2000, wait_for_answer=True), []),
-    "cc_caller_cancel": ("1100 calls 1102, which never answers; the caller hangs up after 3 s of ringing",
+    "cc_caller_cancel": ("1100 calls 1102, which never answers; the caller gives up while it rings (its "
+                         "originate counts the ringing's early media as the answer, then hangs up 1 s later)",
                          phone("1102", 1000, timeout_s=3), []),
     "cc_blind_transfer": (
         ("1100 calls 1101; 1 s into the talk the caller's channel is transferred (uuid_transfer) to 1103, which "
@@ -74,8 +75,13 @@ SCENARIOS: dict[str, tuple[str, str, list[Action]]] = {
                           phone("7100", 3000), []),
     "cc_queue_abandoned": ("1100 calls queue fs_cdr_overflow (7101, no agent) and gives up after 3 s",
                            phone("7101", 3000), []),
-    "cc_voicemail": ("2200 rings 1102 for 3 s, then the caller leaves a message in 1102's mailbox (4 s)",
+    "cc_voicemail": ("2200 rings 1102 for 3 s, then mod_voicemail answers for 1102's mailbox; the caller would "
+                     "talk 4 s (where FreeSWITCH has no sound files mod_voicemail hangs up at once)",
                      phone("2200", 4000), []),
+    "cc_declined": ("1100 calls 95554777 through the carrier gateway; the far end rings for a second and "
+                    "declines (603)", phone("95554777", 1000), []),
+    "cc_unknown_number": ("1100 calls 95555777 through the carrier gateway; the far end does not know the "
+                          "number (404)", phone("95555777", 1000), []),
 }
 NEEDS = {"cc_queue_answered": "mod_callcenter", "cc_queue_abandoned": "mod_callcenter",
          "cc_voicemail": "mod_voicemail"}
@@ -95,7 +101,7 @@ def record(live: Any, socket: EventSocket, command: str,
         return str(live.api(text.replace(INTERNAL_PORT, str(live.internal_port)))).strip()
 
     answer = api(command)
-    ran = [f"fs_cli -x \"{command}\"  => {answer}"]
+    ran = [f"fs_cli -x \"{command.replace(INTERNAL_PORT, str(live.internal_port))}\"  => {answer}"]
     events: list[dict[str, Any]] = []
     seen: dict[str, dict[str, Any]] = {}
     pending = list(actions)
@@ -116,7 +122,8 @@ def record(live: Any, socket: EventSocket, command: str,
                 text = make(seen)
 
                 def run(text: str = text) -> None:
-                    ran.append(f"fs_cli -x \"{text}\"  => {api(text)}")
+                    shown = text.replace(INTERNAL_PORT, str(live.internal_port))
+                    ran.append(f"fs_cli -x \"{shown}\"  => {api(text)}")
 
                 timer = threading.Timer(delay, run)
                 timer.start()

@@ -82,13 +82,15 @@ EXPECTED_ROWS = {
     "live_late_hangup": 6,
     # tools/record_call_center.py (docs/call-center.md), where FreeSWITCH had the modules they need
     "cc_ring_group": 4,
-    "cc_hunt": 3,  # not recorded yet (see docs/call-center.md)
+    "cc_hunt": 3,
     "cc_caller_cancel": 2,
     "cc_blind_transfer": 3,
-    "cc_attended_transfer": 3,  # not recorded yet
+    "cc_attended_transfer": 3,
     "cc_queue_answered": 2,
     "cc_queue_abandoned": 1,
     "cc_voicemail": 2,
+    "cc_declined": 2,
+    "cc_unknown_number": 2,
 }
 SCENARIOS = sorted(os.path.basename(path)[: -len(".jsonl")] for path in glob.glob(os.path.join(EVENTS_DIR, "*.jsonl")))
 TOTAL_ROWS = sum(count for name, count in EXPECTED_ROWS.items() if name in SCENARIOS)

@@ -94,6 +94,14 @@ SCENARIOS: dict[str, tuple[dict[str, tuple[str | None, str | None]], dict[str, A
         # recorded where FreeSWITCH has no sound files: mod_voicemail ends the call itself (send_bye)
         {CALLER: ("voicemail", "system"), "null/1102": ("no_answer", "system")},
         {"outcome": "voicemail", "hangup_by": "system", "answered_by": None, "destination": "2200", "legs": 2}),
+    "cc_declined": (
+        # the far end (through the carrier gateway) rings and answers 603 Decline
+        {CALLER: ("rejected", "callee"), "sofia/internal/5554777": ("rejected", "callee")},
+        {"outcome": "missed", "hangup_by": "callee", "answered_by": None, "destination": "95554777", "legs": 2}),
+    "cc_unknown_number": (
+        # the far end answers 404: the gateway leg was refused by the far end, the caller by the switch
+        {CALLER: ("failed", "system"), "sofia/internal/5555777": ("failed", "callee")},
+        {"outcome": "failed", "hangup_by": "system", "answered_by": None, "destination": "95555777", "legs": 2}),
     "c_noanswer_null": (
         {"null/4203": ("no_answer", "system")},
         {"outcome": "missed", "hangup_by": "system", "legs": 1}),
@@ -146,6 +154,13 @@ def test_timing_quality_and_sip_columns_come_from_the_leg() -> None:
     assert row is not None and row["wait_ms"] == callee["started_at_ms"] + 300 - caller["started_at_ms"]
     busy = {leg["channel_name"]: leg for leg in legs_of("live_gateway_busy")}
     assert busy["sofia/internal/5553234"]["sip_status"] == 486 and busy["sofia/internal/5553234"]["answer_ms"] is None
+    # the RTP quality numbers are FreeSWITCH's own (a clean loopback: no jitter, no loss), not missing
+    assert (caller["jitter_max_variance"], caller["loss_rate"]) == (0.0, 0.0)
+    # the far end rings at once (180 in the same millisecond), then declines: a post-dial delay of 0,
+    # not NULL; a leg that never rang has none
+    declined = {leg["channel_name"]: leg for leg in legs_of("cc_declined")}
+    assert (declined["sofia/internal/5554777"]["pdd_ms"], declined["sofia/internal/5554777"]["sip_status"]) == (0, 603)
+    assert legs["null/1101"]["pdd_ms"] is None
 
 
 def test_the_standard_columns_are_the_same_with_the_extended_ones() -> None:

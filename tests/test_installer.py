@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from live_switch import ESL_PASSWORD, REPO, LiveSwitch, missing_reason
+from live_switch import ESL_PASSWORD, MOD_PYTHON, REPO, LiveSwitch, missing_reason
 
 INSTALLER = REPO / "tools" / "install_freeswitch.py"
 sys.path.insert(0, str(REPO / "tools"))
@@ -92,6 +91,17 @@ def test_install_into_the_running_freeswitch_then_a_call_then_uninstall(tmp_path
     assert removed.returncode == 1  # nothing installed there
     live.start()
     try:
+        # a prefix named while another FreeSWITCH runs: the prefix is the one meant, not the running one
+        other = tmp_path / "other"
+        (other / "mod").mkdir(parents=True)
+        (other / "mod" / "mod_python3.so").symlink_to(MOD_PYTHON)
+        dry = run("--esl-port", str(live.esl_port), "--esl-password", ESL_PASSWORD, "--prefix", str(other),
+                  "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert "is another one" in dry.stdout and f"into {other}/scripts" in dry.stdout, dry.stdout
+        removed = run("--esl-port", str(live.esl_port), "--esl-password", ESL_PASSWORD, "--prefix", str(other),
+                      "--uninstall")
+        assert removed.returncode == 1 and (live.scripts / "fs_cdr").exists()  # the running one's install stays
         removed = run("--esl-port", str(live.esl_port), "--esl-password", ESL_PASSWORD, "--uninstall")
         assert removed.returncode == 0, removed.stderr
         assert not (live.scripts / "fs_cdr").exists() and (live.conf / "cdr.json").exists()

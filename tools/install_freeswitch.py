@@ -82,10 +82,18 @@ def from_prefix(prefix: str) -> dict[str, str]:
 
 def discover(args: argparse.Namespace) -> tuple[dict[str, str], str]:
     running = ask_running(fs_cli(args.prefix, args.esl_port, args.esl_password), args.esl_port, args.esl_password)
+    if args.prefix:
+        named = from_prefix(args.prefix)
+        if running and (running["mod_dir"] == named["mod_dir"] or running["conf_dir"] == named["conf_dir"]):
+            return running, (f"the running FreeSWITCH of --prefix {args.prefix} (asked on its event socket, "
+                             f"127.0.0.1:{args.esl_port})")
+        if running:
+            # another FreeSWITCH answers on the event socket: the prefix named is the one meant
+            return named, (f"--prefix {args.prefix} (the FreeSWITCH on the event socket, 127.0.0.1:{args.esl_port}, "
+                           f"is another one: modules in {running['mod_dir']})")
+        return named, f"--prefix {args.prefix} (no FreeSWITCH answered on the event socket)"
     if running:
         return running, f"the running FreeSWITCH (asked on its event socket, 127.0.0.1:{args.esl_port})"
-    if args.prefix:
-        return from_prefix(args.prefix), f"--prefix {args.prefix} (no FreeSWITCH answered on the event socket)"
     for prefix in ("/usr/local/freeswitch", "/usr"):
         paths = from_prefix(prefix)
         if Path(paths["mod_dir"], "mod_python3.so").exists():
@@ -244,7 +252,8 @@ def next_steps(paths: dict[str, str], esl: str) -> list[str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="install_freeswitch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prefix", help="FreeSWITCH's install prefix (/usr for the FHS layout) when none is running")
+    parser.add_argument("--prefix", help="FreeSWITCH's install prefix (/usr for the FHS layout); a running FreeSWITCH "
+                                         "of another prefix is then left alone")
     parser.add_argument("--esl-port", type=int, default=8021, help="the running FreeSWITCH's event socket port")
     parser.add_argument("--esl-password", default="ClueCon", help="its event socket password")
     parser.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")

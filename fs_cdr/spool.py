@@ -130,6 +130,12 @@ class Spool:
     def ready(self) -> bool:
         return self._owner is not None
 
+    def counts(self) -> tuple[int, int]:
+        """``pending`` and ``lost`` read together (an unreadable line moves a record from one to the
+        other under the lock)."""
+        with self._lock:
+            return self.pending, self.lost
+
     def _open(self) -> None:
         """Make and lock the directory and count what is in it (under ``_lock``, or from __init__)."""
         os.makedirs(self.directory, exist_ok=True)

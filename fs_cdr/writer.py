@@ -24,6 +24,7 @@ sink in a worker process, sinks/worker.py), its durable spool and its counters. 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
@@ -79,6 +80,9 @@ class EncodedSink(Sink, Protocol):
 
 @dataclass
 class LaneStats:
+    #: records received without a writer: found on disk at start, or put straight there at shutdown
+    #: (offer_to_disk). What a writer is given is counted by the writer (SinkWriter.received), and
+    #: SinkLane.status shows the sum.
     received: int = 0
     written: int = 0
     rejected: int = 0
@@ -122,6 +126,12 @@ class _Batch:
     spooled: bool = False
     #: Set when the batch came from the spool; confirmed there once written.
     ticket: Optional[Ticket] = None
+    #: Records of the batch the sink refused, by id(): "" when set aside in rejected.jsonl, else why
+    #: they are lost. Counted (rejected / lost) only when the batch leaves memory or the spool, in
+    #: the same step: counted earlier, they would show twice meanwhile.
+    refused: dict[int, str] = field(default_factory=dict)
+    #: records of the batch a newer record of their uuid replaced (realtime.supersedes)
+    merged: int = 0
 
 
 def _unique(records: list[CallRecord]) -> list[CallRecord]:
@@ -171,6 +181,9 @@ class SinkWriter:
         self._overflow: list[CallRecord] = []
         self._inflight: Optional[_Batch] = None
         self._replaying = False
+        #: records offered to this writer; counted under _lock with the append to the queue (or the
+        #: loss), so that no status() sees a record received but not yet queued (see SinkLane.status)
+        self.received = 0
         self._stopping = threading.Event()
         self._nudged = threading.Event()
         self._sink: Optional[Sink] = None
@@ -179,6 +192,8 @@ class SinkWriter:
     # -- producer side (source thread) -------------------------------------------------------
     def offer(self, record: CallRecord, now: float) -> None:
         with self._lock:
+            # counted in the same step as the append (or the loss): see SinkLane.status
+            self.received += 1
             lane = self.lane
             if lane.disk_refusing and not self._stopping.is_set():
                 # The disk takes nothing: memory is all there is, up to queue_size, and the writer
@@ -198,10 +213,14 @@ class SinkWriter:
     @property
     def queued(self) -> int:
         with self._lock:
-            inflight = self._inflight
-            held = (sum(1 for entry in inflight.entries if not entry.done)
-                    if inflight and not inflight.spooled and inflight.ticket is None else 0)
-            return len(self._queue) + len(self._overflow) + held
+            return self._queued()
+
+    def _queued(self) -> int:
+        """What this writer holds in memory (under ``_lock``)."""
+        inflight = self._inflight
+        held = (sum(1 for entry in inflight.entries if not entry.done)
+                if inflight and not inflight.spooled and inflight.ticket is None else 0)
+        return len(self._queue) + len(self._overflow) + held
 
     # -- guard side ---------------------------------------------------------------------------
     def take_due(self, now: float, window_s: float, everything: bool = False) -> Due:
@@ -286,8 +305,8 @@ class SinkWriter:
             self._queue.extend(_Waiting(now, record) for record in moved)
             if moved:
                 self._ready.notify()
-        if dropped:
-            self.lane.lose(dropped, "the spool's disk refuses and the queue is full")
+            if dropped:  # counted in the same step as they leave memory (see SinkLane.status)
+                self.lane.lose(dropped, "the spool's disk refuses and the queue is full")
 
     def abandon(self) -> tuple[int, list[CallRecord]]:
         """At the very end of a stop: what is still in memory leaves with the process. Returns how
@@ -319,24 +338,33 @@ class SinkWriter:
         if written:
             self.lane.journal.release(segment, written)
 
-    def _finish(self, batch: _Batch) -> tuple[int, list[CallRecord]]:
-        """A live batch left memory (written or set aside): release its journal copies. Returns how
-        many entries this made done, and the records the guard had already put in the spool."""
+    def _finish(self, batch: _Batch) -> tuple[list[int], list[CallRecord]]:
+        """A live batch left memory (written or set aside), under ``_lock``: its entries are done and
+        counted written, rejected or lost in this same step, so no status() sees them in neither
+        or in both. Returns the journal segments to release (not under the lock) and the records the
+        guard had already put in the spool (counted as spooled: the replay counts them written)."""
+        lane = self.lane
+        refused = batch.refused
+        written = rejected = 0
+        lost: list[tuple[CallRecord, str]] = []
         segments: list[int] = []
-        fresh = 0
         spooled: list[CallRecord] = []
-        with self._lock:
-            for entry in batch.entries:
-                if not entry.done:
-                    entry.done = True
-                    fresh += 1
-                    if entry.segment:
-                        segments.append(entry.segment)
-                elif entry.spooled:
-                    spooled.append(entry.record)
-        for segment in segments:
-            self.lane.journal.release(segment)
-        return fresh, spooled
+        for entry in batch.entries:
+            if not entry.done:
+                entry.done = True
+                why = refused.get(id(entry.record)) if refused else None
+                if why is None:
+                    written += 1
+                elif why:
+                    lost.append((entry.record, why))
+                else:
+                    rejected += 1
+                if entry.segment:
+                    segments.append(entry.segment)
+            elif entry.spooled:
+                spooled.append(entry.record)
+        lane.counted(written, min(batch.merged, written), rejected, lost)
+        return segments, spooled
 
     # -- consumer side (writer thread) --------------------------------------------------------
     def start(self) -> None:
@@ -380,8 +408,7 @@ class SinkWriter:
                     self._replay_one()
                 batch = self._next_batch()
                 if batch is not None:
-                    if self._deliver(batch):
-                        self._finish(batch)
+                    self._deliver(batch)
             except Exception:  # the thread must outlive any bug: log it and keep going
                 log.exception("sink %s writer %d: unexpected error", lane.name, self.index)
                 time.sleep(0.5)
@@ -399,16 +426,20 @@ class SinkWriter:
         self._replaying = True
         try:
             records = lane.not_yet_written(records)
+            batch = _Batch(records, time.monotonic(), ticket=ticket)
             if records:
-                batch = _Batch(records, time.monotonic(), ticket=ticket)
                 with self._lock:
                     self._inflight = batch
                 if not self._deliver(batch):
                     return
-            lane.spool.confirm(ticket)
-            # records a slow write had already delivered after the guard spooled them: in the sink
-            lane.confirmed_copies()
-            lane.stats.replayed += len(records)
+            with lane._moving:  # leaves the spool and is counted in one step (see SinkLane.status)
+                lane.spool.confirm(ticket)
+                # records a slow write had already delivered after the guard spooled them: in the sink
+                lane.confirmed_copies()
+                lost = [(record, why) for record in records if (why := batch.refused.get(id(record)))]
+                rejected = sum(1 for why in batch.refused.values() if not why)
+                lane.counted(len(records) - rejected - len(lost), batch.merged, rejected, lost,
+                             replayed=len(records), answered=bool(records))
             lane.recover()
         finally:
             self._replaying = False
@@ -422,10 +453,21 @@ class SinkWriter:
             done = self._attempt(batch)
             return done
         finally:
+            segments: list[int] = []
+            spooled: list[CallRecord] = []
             with self._lock:
                 self._inflight = None
-                if not done and batch.ticket is None and not batch.spooled:
-                    self._queue.extendleft(reversed([entry for entry in batch.entries if not entry.done]))
+                if batch.ticket is None:
+                    if done:
+                        # out of the inflight batch and counted in the same step (see SinkLane.status)
+                        segments, spooled = self._finish(batch)
+                    elif not batch.spooled:
+                        self._queue.extendleft(reversed([entry for entry in batch.entries if not entry.done]))
+            for segment in segments:
+                self.lane.journal.release(segment)
+            if spooled:
+                # what the guard spooled meanwhile is counted as spooled, not twice
+                self.lane.written_after_spooling(spooled)
 
     def _attempt(self, batch: _Batch) -> bool:
         lane = self.lane
@@ -433,7 +475,7 @@ class SinkWriter:
         conflicts = 0
         records = _unique(batch.records) if lane.coalesce else batch.records
         # records of a uuid that another record of the batch superseded: the row holds their newer state
-        merged = len(batch.records) - len(records)
+        batch.merged = len(batch.records) - len(records)
         encoded: Optional[list[Any]] = None
         while True:
             if batch.spooled:
@@ -448,11 +490,10 @@ class SinkWriter:
                     sink.write_encoded(encoded, self._encode_ahead)  # type: ignore[attr-defined]
             except RejectedError as error:
                 if len(records) == 1:
-                    lane.set_aside(records[0], error)
+                    batch.refused[id(records[0])] = lane.set_aside(records[0], error)
                     return True
-                records, encoded = self._isolate(records), None
+                records, encoded = self._isolate(records, batch), None
                 if not records:
-                    lane.wrote(0, merged)
                     return True
                 # the sink failed half-way through: back off like any failure, then retry the rest
                 failures += 1
@@ -485,16 +526,7 @@ class SinkWriter:
                 if self._pause(lane.delay(failures)):
                     return False
                 continue
-            if batch.ticket is None:
-                # a live batch: what the guard spooled meanwhile is counted as spooled, not twice
-                fresh, spooled = self._finish(batch)
-                if spooled:
-                    lane.written_after_spooling(spooled)
-                coalesced = min(merged, fresh)
-                lane.wrote(fresh - coalesced, coalesced)
-            else:
-                lane.wrote(len(records), merged)
-            return True
+            return True  # counted by _deliver (live) or _replay_one (from the spool)
 
     def _encoded(self, batch: _Batch, records: list[CallRecord]) -> list[Any]:
         """The batch as its sink takes it: what :meth:`_encode_ahead` made, the rest now."""
@@ -531,19 +563,19 @@ class SinkWriter:
         """Try again now instead of at the end of the current backoff (``replay`` by hand)."""
         self._nudged.set()
 
-    def _isolate(self, records: list[CallRecord]) -> list[CallRecord]:
-        """Find the refused records of a rejected batch by writing one at a time; returns what is
-        left to retry when the sink became unreachable half-way."""
+    def _isolate(self, records: list[CallRecord], batch: _Batch) -> list[CallRecord]:
+        """Find the refused records of a rejected batch by writing one at a time (noted in
+        ``batch.refused``; all are counted when the batch is done); returns what is left to retry
+        when the sink became unreachable half-way."""
         for position, record in enumerate(records):
             # A refused statement may cost the connection too (MySQL's 1153 drops it): each record
             # gets a fresh connection once before the sink counts as failing.
             for attempt in (1, 2):
                 try:
                     self._open_sink().write([record])
-                    self.lane.wrote(1)
                     break
                 except RejectedError as error:
-                    self.lane.set_aside(record, error)
+                    batch.refused[id(record)] = self.lane.set_aside(record, error)
                     break
                 except Exception:  # noqa: BLE001 - retried as a batch by the caller
                     self._close_sink()
@@ -633,9 +665,12 @@ class SinkLane:
         #: monotonic time before which the sink asked not to be tried again (retry_after_s)
         self._not_before = 0.0
         self._rejected_path = os.path.join(spool_dir, name, "rejected.jsonl")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the counters (see status for the lock order)
+        self._rejected_lock = threading.Lock()  # appends to rejected.jsonl
         # Held by the guard from taking records out of memory until the spool counts them: without
         # it, settled() could see neither the memory copy nor the spool copy and say "all written".
+        # Also held while a replayed batch is confirmed and counted, and by a stop and offer_to_disk:
+        # every step between memory, spool and counters that status() must not see half done.
         self._moving = threading.Lock()
         #: uuid -> one flag per copy in the spool the sink already has: True when already counted written
         self._already_written: dict[object, list[bool]] = {}
@@ -648,20 +683,22 @@ class SinkLane:
             writer.start()
 
     def offer(self, record: CallRecord, now: float) -> None:
-        self.stats.received += 1
+        # counted received by the writer, under the lock it takes anyway (see status)
         writers = self.writers
         writer = writers[0] if len(writers) == 1 else writers[hash(record["uuid"]) % len(writers)]
         writer.offer(record, now)
 
     def offer_to_disk(self, record: CallRecord, now: float) -> None:
         """FreeSWITCH is shutting down: straight to the spool, or to memory when the disk refuses."""
-        self.stats.received += 1
-        try:
-            if self.spool.append([record]):
-                return
-            self._disk_full()
-        except OSError as error:
-            self._disk_failed(error)
+        with self._moving:  # on disk and received in one step (see status)
+            try:
+                if self.spool.append([record]):
+                    with self._lock:
+                        self.stats.received += 1
+                    return
+                self._disk_full()
+            except OSError as error:
+                self._disk_failed(error)
         writers = self.writers
         (writers[0] if len(writers) == 1 else writers[hash(record["uuid"]) % len(writers)]).offer(record, now)
 
@@ -720,15 +757,25 @@ class SinkLane:
             self.degraded = False
             log.info("sink %s: healthy again, spool replayed", self.name)
 
-    def wrote(self, count: int, merged: int = 0) -> None:
-        """``count`` records written, and ``merged`` more whose uuid's newer record was written in
-        their place (they count as written: the sink holds their channel's newest state)."""
+    def counted(self, written: int, coalesced: int = 0, rejected: int = 0,
+                lost: Sequence[tuple[CallRecord, str]] = (), replayed: int = 0, answered: bool = True) -> None:
+        """Records that left memory or the spool: ``written`` (``coalesced`` of them are records whose
+        uuid's newer record was written in their place: the sink holds their channel's newest state),
+        ``rejected`` (set aside), ``lost`` (with why). Called in the same step as they leave: under
+        their writer's ``_lock`` or ``_moving`` (see :meth:`status`). ``answered``: the sink took the
+        batch, so it works (failures reset)."""
         with self._lock:
-            self.stats.written += count + merged
-            self.stats.coalesced += merged
-            self.stats.last_write_at = time.time()
-            self.failures = 0
-            self._failing_since = 0.0
+            stats = self.stats
+            stats.written += written
+            stats.coalesced += coalesced
+            stats.rejected += rejected
+            stats.replayed += replayed
+            if answered:
+                stats.last_write_at = time.time()
+                self.failures = 0
+                self._failing_since = 0.0
+        if lost:
+            self.lose([record for record, _why in lost], lost[0][1])
 
     def delay(self, failures: int) -> float:
         """How long to wait before the next attempt: the backoff, or longer when the sink asked for
@@ -769,24 +816,25 @@ class SinkLane:
             level = logging.ERROR if isinstance(error, ConfigError) else logging.WARNING
             log.log(level, "sink %s: write failed (attempt %d): %s", self.name, failures, message)
 
-    def set_aside(self, record: CallRecord, error: BaseException) -> None:
-        """A record the sink refuses: kept with its error in ``rejected.jsonl`` for the operator."""
+    def set_aside(self, record: CallRecord, error: BaseException) -> str:
+        """A record the sink refuses: kept with its error in ``rejected.jsonl`` for the operator.
+        Returns "" once it is there, else why it is lost (the file cannot be written). Not counted
+        here: the record is still queued or spooled, and is counted rejected (or lost) in the step
+        that takes it out of there (:meth:`counted`)."""
         message = mask_secrets(str(error), self.secrets)[:500]
         try:
-            with self._lock:
+            with self._rejected_lock:  # not the counters' lock: this fsyncs
                 with open(self._rejected_path, "ab") as handle:
                     handle.write(dumpb({"error": message, "at": time.time(), "record": record}) + b"\n")
                     handle.flush()
                     os.fsync(handle.fileno())
-                self.stats.rejected += 1
         except OSError as disk:
-            self.lose([record], f"the sink refused it ({shown(message, 200)}) and {self._rejected_path} "
-                                f"cannot be written: {disk}")
-            return
+            return f"the sink refused it ({shown(message, 200)}) and {self._rejected_path} cannot be written: {disk}"
         log.error(
             "sink %s: refused record %s, set aside in %s: %s",
             self.name, shown(record.get("uuid")), self._rejected_path, shown(message, 500),
         )
+        return ""
 
     def replay_now(self) -> int:
         """Skip the current backoff and try the sink (and its spool) at once; returns what is spooled."""
@@ -858,7 +906,8 @@ class SinkLane:
 
     def lose(self, records: Sequence[CallRecord], why: str) -> None:
         """Records that neither the sink, nor memory, nor the disk can hold: counted, and logged
-        (the uuids of the first few of each disk episode, then how many)."""
+        (the uuids of the first few of each disk episode, then how many). Called in the same step as
+        they leave memory: under their writer's ``_lock`` or ``_moving`` (see :meth:`status`)."""
         if not records:
             return
         with self._lock:
@@ -951,33 +1000,69 @@ class SinkLane:
             writer.join(max(0.0, deadline - time.monotonic()))
         spooled += self.guard(time.monotonic(), 0.0, everything=True)
         journaled = 0
-        for writer in self.writers:
-            copies, gone = writer.abandon()
-            journaled += copies
-            self.lose(gone, "the process stopped and the spool's disk refused them")
+        # Out of memory, and counted lost or handed to the spool (journal copies), in one step.
+        with self._moving:
+            before = self.spool.pending
+            for writer in self.writers:
+                copies, gone = writer.abandon()
+                journaled += copies
+                self.lose(gone, "the process stopped and the spool's disk refused them")
+            self.journal.close()
+            # A journal segment also holds copies of records written or spooled since: on disk twice.
+            twice = self.spool.pending - before - journaled
+            if twice > 0:
+                with self._lock:
+                    self._twice_on_disk += twice
         if journaled:
             log.warning("sink %s: %d records the disk refused at stop have a journal copy: the spool "
                         "replays them at the next start", self.name, journaled)
-        self.journal.close()
         self.spool.close()
         return spooled
 
     def status(self) -> dict[str, object]:
+        """The lane's counters; ``received = written + queued + spooled + rejected + lost`` holds in
+        every snapshot, not only once things settle.
+
+        How: every change of these counts is one step that keeps the sum (a record leaves one place
+        and is counted in the next), made while holding either ``_moving`` (what moves between memory
+        and the spool: the guard, a replayed batch confirmed, a stop, offer_to_disk) or the lock of
+        the writer whose memory it enters or leaves (offer counts ``received`` with the append, a
+        live batch is counted written / rejected / lost as its entries are marked done). Here we hold
+        ``_moving`` and every writer's lock together, so no step is half done. Locks rather than a
+        retry loop (seqlock) because the hot path then costs nothing: offer already takes its
+        writer's lock and only adds ``received += 1`` under it; a snapshot holds the writers' locks
+        for a few microseconds, and never while waiting for the disk (``_moving`` and the spool's
+        lock are taken first, and the writers' locks only after the spool's is released).
+
+        Lock order (the same everywhere; a deadlock would stop CDRs):
+        ``_moving`` -> ``Journal._lock`` -> ``Spool._lock``, and ``_moving`` -> ``SinkWriter._lock``
+        (by index, only status() holds several) -> ``SinkLane._lock``. ``SinkLane._lock`` and
+        ``Spool._lock`` are leaves: nothing else is taken while holding one of them, and the spool's
+        is never held while taking a writer's lock; ``_rejected_lock`` stands alone.
+        """
         stats = self.stats
-        with self._moving:  # not while the guard moves records from memory to disk
-            queued, spooled = self.queued(), self.spool.pending - self._twice_on_disk
+        journaled = self.journal.held
+        with self._moving:
+            pending, spool_lost = self.spool.counts()
+            with contextlib.ExitStack() as held:
+                for writer in self.writers:
+                    held.enter_context(writer._lock)
+                queued = sum(writer._queued() for writer in self.writers)
+                received = stats.received + sum(writer.received for writer in self.writers)
+                written, rejected, lost = stats.written, stats.rejected, stats.lost
+                spooled = pending - self._twice_on_disk
         return {
             "sink": self.name,
             "target": self.description,
             "healthy": self.healthy,
-            "received": stats.received,
-            "written": stats.written,
+            "received": received,
+            "written": written,
             "queued": queued,
             "spooled": spooled,
-            "journaled": self.journal.held,
+            "journaled": journaled,
             "journal_copies": self.journal.journaled_total,
-            "rejected": stats.rejected,
-            "lost": stats.lost + self.spool.lost,
+            "rejected": rejected,
+            "lost": lost + spool_lost,
             "recovered": stats.recovered,
             "disk": self.disk,
             "disk_error": self.disk_error,

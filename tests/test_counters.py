@@ -1,6 +1,7 @@
 """Counters that never lie: over random sequences of sink outages, a disk that fills and frees, guard
-ticks and restarts, ``received = written + queued + spooled + rejected + lost`` holds after every
-step, and at the end every record offered is in the sink unless it was counted lost.
+ticks and restarts, ``received = written + queued + spooled + rejected + lost`` holds in every
+``status()`` a second thread takes while the steps run (at every moment, not only once things settle),
+and at the end every record offered is in the sink unless it was counted lost.
 
 The disk is a real size-limited tmpfs (needs root for ``mount``; skipped with the reason otherwise).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from typing import Any, Iterator
 
@@ -25,6 +27,34 @@ OPERATIONS = st.one_of(
 )
 
 
+class Sampler:
+    """Reads ``counts`` of the current lane (``lanes[-1]``: a restart appends the new one) over and
+    over from its own thread, as an operator's ``status`` or a Prometheus scrape would, and keeps
+    every snapshot that does not add up."""
+
+    def __init__(self, lanes: list[Any]) -> None:
+        self.lanes = lanes
+        self.samples = 0
+        self.bad: list[dict[str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="counts-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            c = counts(self.lanes[-1])
+            self.samples += 1
+            if c["received"] != c["written"] + c["queued"] + c["spooled"] + c["rejected"] + c["lost"]:
+                self.bad.append(c)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+
+
 @pytest.fixture
 def small_disk(tmp_path: Any) -> Iterator[str]:
     with tiny_disk(str(tmp_path / "disk"), "512k") as path:
@@ -39,9 +69,13 @@ def test_received_is_always_written_queued_spooled_rejected_or_lost(small_disk, 
     state = new_state(down=False)
     lane = lane_on(directory, state, queue_size=120)
     lane.start()
+    lanes = [lane]
+    sampler = Sampler(lanes)
+    sampler.start()
     offered: list[str] = []
     lost = 0
     ballast = ""
+    stopped = False
     try:
         for operation, amount in steps:
             if operation == "offer":
@@ -65,6 +99,7 @@ def test_received_is_always_written_queued_spooled_rejected_or_lost(small_disk, 
                 assert adds_up(lane), (steps, counts(lane))
                 lost += counts(lane)["lost"]
                 lane = lane_on(directory, state, queue_size=120)
+                lanes.append(lane)
                 lane.start()
             assert wait_for(lambda: adds_up(lane), 5.0), (operation, counts(lane))
 
@@ -78,8 +113,16 @@ def test_received_is_always_written_queued_spooled_rejected_or_lost(small_disk, 
         lost += counts(lane)["lost"]
         missing = set(offered) - set(state["rows"])
         assert len(missing) == lost, (steps, len(missing), lost)
-    finally:
         lane.stop(0.3)
+        stopped = True
+        sampler.stop()
+        assert sampler.samples > 0
+        assert not sampler.bad, (f"{len(sampler.bad)} of {sampler.samples} status snapshots do not add up",
+                                 sampler.bad[:5], steps)
+    finally:
+        sampler.stop()
+        if not stopped:
+            lane.stop(0.3)
         if ballast and os.path.exists(ballast):
             os.unlink(ballast)
         shutil.rmtree(directory, ignore_errors=True)

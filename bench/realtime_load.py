@@ -80,6 +80,10 @@ class Run:
     replayed: int = 0
     rejected: int = 0
     stale: int = 0
+    #: updates never built: a newer event of their leg came within the engine's hold (UPDATE_HOLD_S)
+    superseded: int = 0
+    #: updates built and sent to the lanes
+    updates: int = 0
     #: crash copies the lane put in its journal (records that waited half the durability window)
     journaled: int = 0
     records: int = 0
@@ -93,6 +97,9 @@ class Run:
     poll_ms: float = 0.0
     #: the machine's 1-minute load average as the run started (it is shared)
     load: float = 0.0
+    #: the machine's speed around the run: CPU seconds of a fixed Python loop, before and after
+    #: (speed_probe); a shared VM's speed moves by half or more between minutes
+    speed: tuple[float, float] = (0.0, 0.0)
     notes: list[str] = field(default_factory=list)
     #: other FreeSWITCH processes of the harness's binary seen during the run
     shared: set[int] = field(default_factory=set)
@@ -110,11 +117,28 @@ class Run:
                 and self.never_shown == 0)
 
 
+def speed_probe() -> float:
+    """CPU seconds of 5 million Python additions: the machine's speed now (lower is faster)."""
+    started = time.process_time()
+    total = 0
+    for number in range(5_000_000):
+        total += number
+    return time.process_time() - started
+
+
+def steady(run: Run, limit: float = 0.1) -> bool:
+    """Whether the machine's speed held during the run (before and after within ``limit``)."""
+    before, after = run.speed
+    return before > 0 and abs(after - before) / before <= limit
+
+
 def one_run(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.0) -> tuple[Run, list[dict[str, Any]]]:
     """:func:`attempt`, again (up to three times) when another FreeSWITCH of the same binary ran
     meanwhile (another session's live tests): its commands may have reached ours."""
     for _ in range(3):
+        before = speed_probe()
         run, rows = attempt(directory, kind, real, calls, pace)
+        run.speed = (before, speed_probe())
         if not run.shared:
             return run, rows
         print(f"({run.kind} {run.mode}: another FreeSWITCH ({sorted(run.shared)}) ran meanwhile; run again)",
@@ -156,6 +180,7 @@ def attempt(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.
             run.notes.append(f"status from fs_cdr: {status}")
         else:
             run.records, run.stale = status["records"], status["stale_updates"]
+            run.superseded, run.updates = status.get("superseded_updates", 0), status.get("updates", 0)
             (sink,) = status["sinks"]
             run.conflicts, run.retries, run.rejected = sink["conflicts"], sink["retries"], sink["rejected"]
             run.spooled, run.replayed = sink["spooled"], sink["replayed"]
@@ -224,16 +249,17 @@ def _line(run: Run) -> str:
            else f"{'':6} {'':6}")
     return (f"{run.kind:<10} {run.mode:<16} {run.rate:6.0f} {run.sessions:6} {run.rows:6} {run.not_final:5} "
             f"{'equal' if not run.same else run.same if run.same == '-' else 'DIFF':>6} {run.conflicts:4} "
-            f"{run.spooled:5} {run.replayed:5} {run.journaled:6} {run.stale:5} "
+            f"{run.spooled:5} {run.replayed:5} {run.journaled:6} {run.stale:5} {run.updates:6} {run.superseded:6} "
             f"{run.cpu_per_1000:7.2f} {_parts(run):>15} {lag} {_delivery(run):>11}"
-            f" {run.load:5.1f} {'yes' if run.complete else 'NO':>4}"
+            f" {run.load:5.1f} {run.speed[0]:.2f}/{run.speed[1]:.2f} {'yes' if run.complete else 'NO':>4}"
             + (f"  {'; '.join(run.notes)}" if run.notes else "") + (f"  {run.same}" if run.same not in ("", "-") else ""))
 
 
 HEADER = (f"{'database':<10} {'mode':<16} {'call/s':>6} {'legs':>6} {'rows':>6} {'!fin':>5} {'same':>6} "
-          f"{'dlk':>4} {'spool':>5} {'repl':>5} {'jrnl':>6} {'stale':>5} {'CPU/1k':>7} {'fs/workers/db':>15} "
+          f"{'dlk':>4} {'spool':>5} {'repl':>5} {'jrnl':>6} {'stale':>5} {'upd':>6} {'supsd':>6} {'CPU/1k':>7} "
+          f"{'fs/workers/db':>15} "
           f"{'p50ms':>6} {'p99ms':>6} {'to ESL p50/99':>11} "
-          f"{'load':>5} {'ok':>4}")
+          f"{'load':>5} {'speed':>9} {'ok':>4}")
 
 
 def _delivery(run: Run) -> str:
@@ -260,14 +286,18 @@ def main() -> int:
     print("columns: legs = FreeSWITCH's sessions since startup; !fin = rows not completed with details; same = rows "
           "equal to the paired hangup-only run's in the run-independent columns; dlk = deadlocks (conflicts); "
           "spool = left in the spool; repl = replayed from it; jrnl = crash copies journaled; "
-          "stale = updates after their leg's final; "
+          "stale = updates after their leg's final; upd = updates built and sent; supsd = updates never built "
+          "(superseded within the engine's hold); "
           "CPU/1k = FreeSWITCH + workers CPU-s per 1,000 calls "
-          "(fs/workers/db: each part, and the database server's beside them); p50/p99 = state change -> row visible (paced)\n")
+          "(fs/workers/db: each part, and the database server's beside them); p50/p99 = state change -> row visible (paced); "
+          "speed = CPU-s of a fixed Python loop before/after the run (lower is faster; a shared VM's speed moves)\n")
     print(HEADER, flush=True)
     directory = Path(tempfile.mkdtemp(prefix="fs_cdr_rt-"))
     runs: list[Run] = []
     #: per database, real-time's extra CPU over the hangup-only run of its pair
     extra: dict[str, list[float]] = {}
+    #: the same, for the pairs whose machine speed held (both runs steady, within 10% of each other)
+    extra_steady: dict[str, list[float]] = {}
     for kind in args.databases.split(","):
         reference: list[dict[str, Any]] = []
         for round_ in range(args.rounds):
@@ -277,6 +307,8 @@ def main() -> int:
             (hangup, hangup_rows), (real_run, real_rows) = pair[False], pair[True]
             real_run.same = difference(real_rows, hangup_rows)
             extra.setdefault(kind, []).append(real_run.cpu_per_1000 / hangup.cpu_per_1000 - 1)
+            if steady(hangup) and steady(real_run) and abs(sum(real_run.speed) / sum(hangup.speed) - 1) <= 0.1:
+                extra_steady.setdefault(kind, []).append(real_run.cpu_per_1000 / hangup.cpu_per_1000 - 1)
             if reference:
                 hangup.same = difference(hangup_rows, reference)  # the control: hangup-only against itself
             reference = hangup_rows
@@ -295,6 +327,10 @@ def main() -> int:
         print(f"{kind}: real-time's extra CPU over its pair's hangup-only run: "
               + ", ".join(f"{ratio * 100:+.1f}%" for ratio in ratios)
               + f" (median {statistics.median(ratios) * 100:+.1f}%)")
+        kept = extra_steady.get(kind, [])
+        print(f"{kind}: the same, pairs whose machine speed held (speed within 10%): "
+              + (", ".join(f"{ratio * 100:+.1f}%" for ratio in kept) + f" (median {statistics.median(kept) * 100:+.1f}%)"
+                 if kept else "none"))
     return 0
 
 

@@ -32,7 +32,8 @@ def test_only_this_switchs_open_rows_of_an_earlier_run_become_lost(sql_kind, tmp
     try:
         sink.write([
             leg("ringing-old", "ringing"),
-            leg("answered-old", "bridged", answer_epoch=1_700_000_005),
+            leg("answered-old", "bridged", answer_epoch=1_700_000_005, duration=42),
+            leg("answered-no-duration", "answered", answer_epoch=1_700_000_005),
             leg("hungup-old", "hangup", answer_epoch=1_700_000_005, end_epoch=1_700_000_065),
             leg("completed-old", "completed", answer_epoch=1_700_000_005, end_epoch=1_700_000_065),
             leg("this-run", "answered", core="new-core"),
@@ -41,12 +42,13 @@ def test_only_this_switchs_open_rows_of_an_earlier_run_become_lost(sql_kind, tmp
     finally:
         sink.close()
 
-    assert close_lost_rows(config, "pbx1", "new-core") == 3
+    assert close_lost_rows(config, "pbx1", "new-core") == 4
     found = {row["uuid"]: row for row in rows(sql_kind, tmp_path, table_name)}
     assert {uuid for uuid, row in found.items() if row["call_state"] == LOST} == {
-        "ringing-old", "answered-old", "hungup-old"}
-    assert found["ringing-old"]["end_epoch"] == 1_700_000_000  # the last time the row knows
-    assert found["answered-old"]["end_epoch"] == 1_700_000_005
+        "ringing-old", "answered-old", "answered-no-duration", "hungup-old"}
+    assert found["ringing-old"]["end_epoch"] == 1_700_000_000  # no duration: its start
+    assert found["answered-old"]["end_epoch"] == 1_700_000_042  # its last update, 42 s after the start
+    assert found["answered-no-duration"]["end_epoch"] == 1_700_000_005  # the last time the row knows
     assert found["hungup-old"]["end_epoch"] == 1_700_000_065
     assert found["completed-old"]["call_state"] == "completed"
     assert found["this-run"]["call_state"] == "answered" and found["other-switch"]["call_state"] == "answered"

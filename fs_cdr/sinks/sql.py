@@ -495,15 +495,17 @@ class SqlSink:
 
     def close_lost(self, switchname: str, core_uuid: str) -> int:
         """Real-time rows of ``switchname`` that an earlier run of it (``core_uuid`` differs) left open —
-        FreeSWITCH was killed mid-call — become ``lost``; returns how many. ``end_epoch`` is the last
-        time the row knows; ``event_seq`` is set above any update, so none from that run (replayed
+        FreeSWITCH was killed mid-call — become ``lost``; returns how many. ``end_epoch`` is the time
+        of the row's last update (an update's ``duration`` runs from the start to its event), else the
+        last time the row knows; ``event_seq`` is set above any update, so none from that run (replayed
         from a spool) reopens the row, while its completed record still replaces it."""
         quote = self.dialect.quote
         quote_table = quote(self.config.table)
         marks = self.dialect.placeholders(4 + len(OPEN_STATES))
         statement = (
             f"UPDATE {quote_table} SET {quote('call_state')} = {marks[0]}, {quote('end_epoch')} = "
-            f"COALESCE({quote('end_epoch')}, {quote('answer_epoch')}, {quote('start_epoch')}), "
+            f"COALESCE({quote('end_epoch')}, {quote('start_epoch')} + {quote('duration')}, {quote('answer_epoch')}, "
+            f"{quote('start_epoch')}), "
             f"{quote('event_seq')} = {marks[1]} WHERE {quote('switchname')} = {marks[2]} AND "
             f"{quote('core_uuid')} <> {marks[3]} AND {quote('call_state')} IN ({', '.join(marks[4:])})"
         )

@@ -15,8 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .channel import HANGUP_EVENT, Headers, decode_event, dumps, header, shown
 from .config import CdrConfig
 from .errors import ConfigError
-from .fields import to_number
-from .realtime import COMPLETED, REMOVED, STATES, ChannelOrder, UpdateBuilder, close_lost_rows_soon, sequence
+from .realtime import COMPLETED, REMOVED, STATES, ChannelOrder, UpdateBuilder, close_lost_rows_soon, parse_sequence, sequence
 from .record import CallRecord, RecordBuilder, compiled_split
 from .sinks import lanes_for, targets
 from .writer import Guard, SinkLane
@@ -157,8 +156,7 @@ class Engine:
         try:
             self.events += 1
             if self.config.real:
-                value = to_number(seq)
-                self._hold(uuid, value if isinstance(value, int) else None, name, read)
+                self._hold(uuid, parse_sequence(seq), name, read)
         except Exception:  # noqa: BLE001 - nothing may escape into FreeSWITCH
             self.malformed += 1
             log.exception("could not process an event (uuid %s)", shown(uuid))
@@ -167,9 +165,12 @@ class Engine:
 
     def _after_event(self) -> None:
         now = time.monotonic()
-        held = self._held
-        if held and now - next(iter(held.values()))[0] >= self.update_hold_s:
-            self.release_updates(now)
+        if self._held:
+            # under the lock: a flush, stop or reload on another thread may empty the map meanwhile
+            with self._held_lock:
+                oldest = next(iter(self._held.values()), None)
+            if oldest is not None and now - oldest[0] >= self.update_hold_s:
+                self.release_updates(now)
         if now - self._yielded > YIELD_INTERVAL_S:
             self._give_way(now)
 

@@ -86,7 +86,12 @@ VARIABLES = (
 
 
 def sequence(headers: Headers) -> Optional[int]:
-    value = to_number(header(headers, "Event-Sequence"))
+    return parse_sequence(header(headers, "Event-Sequence"))
+
+
+def parse_sequence(text: Optional[str]) -> Optional[int]:
+    """An Event-Sequence header's value as the ordering rule compares it (None when not a number)."""
+    value = to_number(text)
     return value if isinstance(value, int) else None
 
 

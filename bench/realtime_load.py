@@ -55,7 +55,7 @@ from live_load import (
     unlike_own_details,
 )
 from live_switch import LiveSwitch, missing_reason
-from run import CpuMeter
+from run import CpuMeter, addition_loop_s
 from switch_cost import _drive, _spooled
 
 
@@ -119,11 +119,7 @@ class Run:
 
 def speed_probe() -> float:
     """CPU seconds of 5 million Python additions: the machine's speed now (lower is faster)."""
-    started = time.process_time()
-    total = 0
-    for number in range(5_000_000):
-        total += number
-    return time.process_time() - started
+    return addition_loop_s(5_000_000, time.process_time)
 
 
 def steady(run: Run, limit: float = 0.1) -> bool:

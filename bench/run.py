@@ -459,18 +459,20 @@ def memory_queued(directory: Path, stream: list[bytes]) -> tuple[float, float]:
     return (after - before) * 2**20 / len(stream), peak
 
 
+def addition_loop_s(count: int = 10_000_000, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds (by ``clock``) for ``count`` Python additions: a yardstick of the CPU alone."""
+    started = clock()
+    total = 0
+    for number in range(count):
+        total += number
+    return clock() - started
+
+
 def machine_speed(stream: list[bytes]) -> tuple[float, float]:
     """Two yardsticks independent of fs_cdr's code, best of three: seconds for 10 million Python
     additions (the CPU alone), and µs for orjson to decode one recorded event (CPU, caches and
     memory, which a shared VM's neighbours slow down far more than the first)."""
     import orjson
-
-    def loop() -> float:
-        started = time.perf_counter()
-        total = 0
-        for number in range(10_000_000):
-            total += number
-        return time.perf_counter() - started
 
     def decode() -> float:
         sample = stream[:5000]
@@ -479,7 +481,7 @@ def machine_speed(stream: list[bytes]) -> tuple[float, float]:
             orjson.loads(text)
         return (time.perf_counter() - started) / len(sample) * 1e6
 
-    return min(loop() for _ in range(3)), min(decode() for _ in range(3))
+    return min(addition_loop_s() for _ in range(3)), min(decode() for _ in range(3))
 
 
 def main() -> int:

@@ -4,7 +4,8 @@
 1. Finds FreeSWITCH's directories by asking the running FreeSWITCH (``fs_cli -x 'global_getvar
    script_dir'``, ``conf_dir``, ``db_dir``, ``storage_dir``, ``log_dir``, ``mod_dir``); else from
    ``--prefix`` (``/usr`` is the FHS layout of a packaged FreeSWITCH); else the source layout under
-   /usr/local/freeswitch, then the FHS paths.
+   /usr/local/freeswitch, then the FHS paths. A ``--prefix`` named wins over a running FreeSWITCH
+   of another prefix (its directories are used only when they are the prefix's).
 2. Finds the Python mod_python3 embeds from the libpython that mod_python3.so links (``ldd``).
 3. Says what it found and what it will do, then (unless ``--dry-run``) installs fs_cdr and its pinned
    drivers for that Python into the scripts directory (first on mod_python3's sys.path), which compiles

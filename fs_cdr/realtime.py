@@ -21,13 +21,18 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Optional
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from .channel import Headers, clean_text, header, shown
 from .config import CdrConfig
 from .fields import to_number
 from .record import CallRecord, RecordBuilder
 from .schema import SHORT_LIMIT
+
+if TYPE_CHECKING:
+    from .schema import Column
+    from .sinks.database import DatabaseConfig
 
 log = logging.getLogger("fs_cdr.realtime")
 
@@ -225,29 +230,44 @@ def close_lost_rows(config: CdrConfig, switchname: str, core_uuid: str) -> int:
     """At start, in each real-time database: the rows of this ``switchname`` whose ``core_uuid`` is
     not the running one and which are not completed become ``lost`` (``SqlSink.close_lost``). Another
     switch's rows, completed rows and this run's rows are never touched. Returns how many; raises the
-    sink's error when a database cannot be reached (:func:`close_lost_rows_soon` retries)."""
+    sink's error when a database cannot be reached (:func:`close_lost_rows_soon` retries).
+
+    A database whose sink runs in a worker process (the default) is reached from a worker too: its
+    driver is never imported into FreeSWITCH's process (psycopg's import alone is a tenth of a CPU
+    second holding the interpreter lock the source thread needs, at the first call after a start)."""
     from .schema import table_columns
-    from .sinks.sql import SqlSink, dialect_for
+    from .sinks.worker import ProcessSink
 
     closed = 0
     for database in config.databases:
         if not database.real:
             continue
-        dialect = dialect_for(database.dbtype, database)
-        if dialect is None:
-            continue
-        sink = SqlSink(dialect, database, table_columns(config), create=False)
-        try:
-            sink.open()
-            count = sink.close_lost(switchname, core_uuid)
-        finally:
-            sink.close()
+        task = partial(close_lost_rows_in, database, table_columns(config), switchname, core_uuid)
+        if database.batch.worker_process:
+            count = int(ProcessSink(lambda: None, database.name, database.batch.timeout_s).run(task))
+        else:
+            count = task()
         if count:
             log.warning("%s: %d real-time rows of switch %s left open by an earlier run (FreeSWITCH stopped "
                         "without hanging them up) are now call_state 'lost'", database.describe(), count,
                         shown(switchname))
         closed += count
     return closed
+
+
+def close_lost_rows_in(database: DatabaseConfig, columns: Sequence[Column], switchname: str, core_uuid: str) -> int:
+    """:func:`close_lost_rows` in one database, in whichever process runs it."""
+    from .sinks.sql import SqlSink, dialect_for
+
+    dialect = dialect_for(database.dbtype, database)
+    if dialect is None:
+        return 0
+    sink = SqlSink(dialect, database, columns, create=False)
+    try:
+        sink.open()
+        return sink.close_lost(switchname, core_uuid)
+    finally:
+        sink.close()
 
 
 def close_lost_rows_soon(config: CdrConfig, switchname: str, core_uuid: str,

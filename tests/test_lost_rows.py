@@ -65,3 +65,31 @@ def test_only_this_switchs_open_rows_of_an_earlier_run_become_lost(sql_kind, tmp
     found = {row["uuid"]: row for row in rows(sql_kind, tmp_path, table_name)}
     assert found["answered-old"]["call_state"] == LOST
     assert found["ringing-old"]["call_state"] == "completed" and found["ringing-old"]["end_epoch"] == 1_700_000_030
+
+
+def test_freeswitchs_process_never_imports_the_driver_to_close_lost_rows(tmp_path, table_name) -> None:
+    """The sink runs in a worker process (the default), so the start's clean-up does too: the driver's
+    import (a tenth of a CPU second for psycopg) and its work never hold FreeSWITCH's interpreter lock."""
+    import json
+    import subprocess
+    import sys
+
+    config, sink = sink_for("postgresql", tmp_path, table_name)
+    try:
+        sink.write([leg("ringing-old", "ringing")])
+    finally:
+        sink.close()
+    document = {"cdr": {"database": dict(database_entry("postgresql", table_name, tmp_path), real=True),
+                        "spool_dir": str(tmp_path / "spool")}}
+    script = (
+        "import json, sys\n"
+        "from fs_cdr.config import Paths, parse_config\n"
+        "from fs_cdr.realtime import close_lost_rows\n"
+        f"config = parse_config(json.loads({json.dumps(json.dumps(document))}), Paths({str(tmp_path)!r}, "
+        f"{str(tmp_path)!r}, {str(tmp_path)!r}))\n"
+        "closed = close_lost_rows(config, 'pbx1', 'new-core')\n"
+        "print(closed, sorted(name for name in sys.modules if name.split('.')[0] in ('psycopg', 'psycopg2')))\n")
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split(None, 1) == ["1", "[]\n"]
+    assert {row["uuid"]: row["call_state"] for row in rows("postgresql", tmp_path, table_name)} == {"ringing-old": LOST}

@@ -112,6 +112,16 @@ class ProcessSink:
         self._call(("write_encoded", index), self.write_timeout_s, meanwhile,
                    [message[-1] for message in messages])
 
+    def run(self, task: Callable[[], Any]) -> Any:
+        """``task`` (picklable, called without arguments) run in a child of its own, once: what it
+        returns (picklable), or its error as a sink's. For work that would otherwise import a driver
+        into FreeSWITCH's process and hold its interpreter lock meanwhile."""
+        self._spawn()
+        try:
+            return self._call(("run", task), self.write_timeout_s)
+        finally:
+            self.close()
+
     def close(self) -> None:
         """End the child (it closes its sink on end of input; killed after 5 s), reap it, and close
         its pipes once its last log lines are relayed."""
@@ -173,7 +183,9 @@ class ProcessSink:
             raise self._lost(child, "did not start")
 
     def _call(self, request: tuple[str, Any], timeout_s: float, meanwhile: Optional[Callable[[], None]] = None,
-              body: Sequence[bytes] = ()) -> None:
+              body: Sequence[bytes] = ()) -> Any:
+        """The request answered: None, or what a ``run`` task returned; a failure raised as the
+        sink's error."""
         child, exchange = self._child, self._exchange
         if child is None or exchange is None:
             raise RetriableError("the sink worker is not running")
@@ -207,7 +219,7 @@ class ProcessSink:
             self._exchange_size = 0
         kind = answer[0]
         if kind == "ok":
-            return
+            return answer[1] if len(answer) > 1 else None
         if kind == "config":
             raise ConfigError(answer[1], answer[2])
         if kind == "rejected":
@@ -359,7 +371,12 @@ def serve() -> None:
                 if sink is None:
                     raise RetriableError("the worker has no open sink")
                 getattr(sink, operation)(argument)
-            answer: tuple[Any, ...] = ("ok",)
+            elif operation == "run":
+                result = cast(Any, argument)()
+                answer: tuple[Any, ...] = ("ok", result)
+                _answer(replies, answer)
+                continue
+            answer = ("ok",)
         except ConfigError as error:
             answer = ("config", error.path, error.message)
         except RejectedError as error:

@@ -10,6 +10,7 @@ _SINK_COUNTERS = (
     ("rejected", "counter", "records the sink refused, set aside in rejected.jsonl"),
     ("retries", "counter", "failed write attempts"),
     ("replayed", "counter", "records written from the spool"),
+    ("batches", "counter", "batches the sink took, live and replayed (written / batches: the batch size reached)"),
     ("journal_copies", "counter", "crash copies put in the journal (records that waited half the durability window)"),
     ("lost", "counter", "records gone without reaching the sink (neither memory nor disk could hold them)"),
     ("queued", "gauge", "records held in memory"),

@@ -92,6 +92,8 @@ class LaneStats:
     #: batches rolled back by a deadlock and retried at once (TransientError)
     conflicts: int = 0
     replayed: int = 0
+    #: batches the sink took (live and replayed): written / batches is the batch size reached
+    batches: int = 0
     #: records gone without reaching the sink: neither memory nor disk could hold them
     lost: int = 0
     #: records found on disk at start (spool, journal left by a crash); part of ``received``
@@ -771,6 +773,7 @@ class SinkLane:
             stats.rejected += rejected
             stats.replayed += replayed
             if answered:
+                stats.batches += 1
                 stats.last_write_at = time.time()
                 self.failures = 0
                 self._failing_since = 0.0
@@ -1072,6 +1075,7 @@ class SinkLane:
             "conflicts": stats.conflicts,
             "coalesced": stats.coalesced,
             "replayed": stats.replayed,
+            "batches": stats.batches,
             "last_error": stats.last_error,
             # the sink workers' process ids (fs_cdr/sinks/worker.py), when the sink runs in workers
             "worker_pids": [pid for pid in (getattr(writer._sink, "pid", None) for writer in self.writers) if pid],

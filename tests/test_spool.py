@@ -112,6 +112,7 @@ def test_records_for_a_down_sink_are_spooled_within_the_window_then_replayed_onc
         # settled (what flush() and fs-cdr replay wait for) means counted and healthy again too
         status = lane.status()
         assert status["healthy"] and status["replayed"] == 200, status
+        assert status["batches"] == 200 // 50  # the spool is replayed in batches of batch_size
         assert sorted(state["writes"]) == sorted(f"call-{index}" for index in range(200))
     finally:
         guard.stop()

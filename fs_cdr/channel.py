@@ -28,6 +28,9 @@ try:  # orjson decodes a 7 KB hangup event several times faster than json; optio
 
     _loads: Callable[[Union[str, bytes]], Any] = orjson.loads
     _dumpb: Callable[[Any], bytes] = orjson.dumps
+
+    def _dumpb_line(value: Any) -> bytes:
+        return orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE)
     #: orjson refuses invalid UTF-8, lone surrogates and raw control characters, so what it decodes
     #: needs no second look.
     _STRICT = True
@@ -37,6 +40,9 @@ except ImportError:  # pragma: no cover - Debian's python3 without orjson
 
     def _dumpb(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+    def _dumpb_line(value: Any) -> bytes:
+        return _dumpb(value) + b"\n"
 
 
 Headers = Mapping[str, Any]
@@ -180,6 +186,11 @@ def shown(value: Any, limit: int = 64) -> str:
 def dumpb(value: Any) -> bytes:
     """Compact JSON as UTF-8 bytes; non-ASCII kept as is (caller names are often not Latin)."""
     return _dumpb(value)
+
+
+def dumpb_line(value: Any) -> bytes:
+    """:func:`dumpb` with a newline at the end, in one pass (a JSON-lines file's line)."""
+    return _dumpb_line(value)
 
 
 def dumps(value: Any) -> str:

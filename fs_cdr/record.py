@@ -36,6 +36,7 @@ from .channel import (
     as_text,
     clean_text,
     dumpb,
+    dumpb_line,
     dumps,
     header,
     loads,
@@ -720,6 +721,20 @@ def record_json(record: CallRecord) -> bytes:
             pass
     head = dumpb({name: value for name, value in record.items() if name != "details"})
     return head[:-1] + b',"details":' + details.encode("utf-8", "surrogatepass") + b"}"
+
+
+def record_line(record: CallRecord) -> bytes:
+    """:func:`record_json` ending in a newline (a JSON-lines file's line), made in the same pass: a
+    9 KB document is not copied again to add one byte."""
+    details = record.get("details")
+    if _Fragment is not None and isinstance(details, str):
+        try:
+            return dumpb_line(dict(record, details=_Fragment(details)))
+        except TypeError:  # a lone surrogate in details: record_json's splice
+            pass
+    elif not isinstance(details, str):
+        return dumpb_line(record)
+    return record_json(record) + b"\n"
 
 
 def record_from_json(text: bytes) -> CallRecord:

@@ -11,10 +11,11 @@
   (``start_stamp``, ``accountcode``, ``read_codec``...), as FreeSWITCH looks up a variable and then
   the caller profile. Only the template's own names are looked up.
 - JSON lines carry fs_cdr's JSON document per record (as on Redis).
-- A batch is one ``write`` to a file opened ``O_APPEND``, then ``fsync``: only then is it counted
-  written. A failed write (``ENOSPC``, ``EACCES``, ``EIO``...) cuts the file back to where the batch
-  began and is a :class:`~fs_cdr.errors.RetriableError`: the records go to the spool like any sink
-  outage, and the file never holds half a batch.
+- A batch is one gathering ``writev`` of its lines (no joined copy of the batch is made) to a file
+  opened ``O_APPEND``, then ``fsync``: only then is it counted written. A failed write (``ENOSPC``,
+  ``EACCES``, ``EIO``...) cuts the file back to where the batch began and is a
+  :class:`~fs_cdr.errors.RetriableError`: the records go to the spool like any sink outage, and the
+  file never holds half a batch.
 - Rotation: by date in the path (``strftime``, in local time like mod_cdr_csv, of the moment a batch
   is written), by size (``max_bytes``), and by ``python fs_cdr rotate`` / ``fs-cdr rotate``, which
   renames the current file to ``<path>.YYYY-MM-DD-HH-MM-SS`` (mod_cdr_csv's suffix) from whatever
@@ -34,7 +35,8 @@ from ..channel import loads
 from ..config import BatchSettings, Section, SectionContext, read_batch
 from ..errors import ConfigError, RetriableError
 from ..fields import VARIABLE, parse_template
-from ..record import CallRecord, record_json
+from ..record import CallRecord, record_line
+from .worker import write_parts
 
 if TYPE_CHECKING:
     from ..config import CdrConfig
@@ -156,7 +158,7 @@ def line_encoder(settings: FileConfig, config: CdrConfig) -> Callable[[CallRecor
         def jsonl(record: CallRecord) -> tuple[str, bytes]:
             if record.get("leg") not in keep:
                 return str(record["uuid"]), b""
-            return str(record["uuid"]), record_json(record) + b"\n"
+            return str(record["uuid"]), record_line(record)
 
         return jsonl
     # what FreeSWITCH resolves from its channel variables is read from them (details), as mod_cdr_csv
@@ -260,30 +262,29 @@ class FileSink:
         """Records not encoded by a lane (a test, the benchmark's sink alone): JSON lines only."""
         if self.config.format != "jsonl":
             raise RetriableError("a CSV file sink takes lines encoded by its lane")
-        self.write_encoded([(str(record["uuid"]), record_json(record) + b"\n") for record in records])
+        self.write_encoded([(str(record["uuid"]), record_line(record)) for record in records])
 
     def write_encoded(self, messages: Sequence[tuple[Any, ...]], meanwhile: Callable[[], None] | None = None) -> None:
-        data = b"".join([message[-1] for message in messages])
-        if data:
-            self._append(data)
+        lines = [line for message in messages if (line := message[-1])]
+        if lines:
+            self._append(lines)
         if meanwhile is not None:
             meanwhile()
 
-    def _append(self, data: bytes) -> None:
+    def _append(self, lines: list[bytes]) -> None:
+        size = sum(map(len, lines))
         path = self.config.path_for(time.time())
         if self._fd is None or path != self._path or self._moved():
             self._reopen(path)
         limit = self.config.max_bytes
-        if limit and self._size and self._size + len(data) > limit:
+        if limit and self._size and self._size + size > limit:
             rotate_file(self._path)
             self._reopen(path)
         fd = self._fd
         assert fd is not None
         start = self._size
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_parts(lambda buffers, _offset: os.writev(fd, buffers), lines)
             os.fsync(fd)
         except OSError as error:
             # The file keeps no part of a batch that is not all there: it goes to the spool whole.
@@ -293,7 +294,7 @@ class FileSink:
                 pass
             self.close()
             raise RetriableError(f"cannot write {self._path}: {error.strerror or error}") from error
-        self._size = start + len(data)
+        self._size = start + size
 
     def _moved(self) -> bool:
         """The path names another file now (rotated by a command or by logrotate), or none."""

@@ -86,6 +86,8 @@ class Run:
     updates: int = 0
     #: crash copies the lane put in its journal (records that waited half the durability window)
     journaled: int = 0
+    #: batches the sink took (status json): written rows / batches is the batch size it reached
+    batches: int = 0
     records: int = 0
     same: str = "-"
     lags: list[float] = field(default_factory=list)
@@ -181,6 +183,7 @@ def attempt(directory: Path, kind: str, real: bool, calls: int, pace: float = 0.
             run.conflicts, run.retries, run.rejected = sink["conflicts"], sink["retries"], sink["rejected"]
             run.spooled, run.replayed = sink["spooled"], sink["replayed"]
             run.journaled = sink.get("journal_copies", 0)
+            run.batches = sink.get("batches", 0)
             if sink["last_error"]:
                 run.notes.append(f"last error: {sink['last_error']}")
         if watcher is not None:
@@ -246,13 +249,14 @@ def _line(run: Run) -> str:
     return (f"{run.kind:<10} {run.mode:<16} {run.rate:6.0f} {run.sessions:6} {run.rows:6} {run.not_final:5} "
             f"{'equal' if not run.same else run.same if run.same == '-' else 'DIFF':>6} {run.conflicts:4} "
             f"{run.spooled:5} {run.replayed:5} {run.journaled:6} {run.stale:5} {run.updates:6} {run.superseded:6} "
+            f"{run.batches:5} "
             f"{run.cpu_per_1000:7.2f} {_parts(run):>15} {lag} {_delivery(run):>11}"
             f" {run.load:5.1f} {run.speed[0]:.2f}/{run.speed[1]:.2f} {'yes' if run.complete else 'NO':>4}"
             + (f"  {'; '.join(run.notes)}" if run.notes else "") + (f"  {run.same}" if run.same not in ("", "-") else ""))
 
 
 HEADER = (f"{'database':<10} {'mode':<16} {'call/s':>6} {'legs':>6} {'rows':>6} {'!fin':>5} {'same':>6} "
-          f"{'dlk':>4} {'spool':>5} {'repl':>5} {'jrnl':>6} {'stale':>5} {'upd':>6} {'supsd':>6} {'CPU/1k':>7} "
+          f"{'dlk':>4} {'spool':>5} {'repl':>5} {'jrnl':>6} {'stale':>5} {'upd':>6} {'supsd':>6} {'batch':>5} {'CPU/1k':>7} "
           f"{'fs/workers/db':>15} "
           f"{'p50ms':>6} {'p99ms':>6} {'to ESL p50/99':>11} "
           f"{'load':>5} {'speed':>9} {'ok':>4}")

@@ -49,6 +49,14 @@ GUARD_WAIT_S = 0.05
 #: the same, at most this much later. Only where every real-time sink is a table (:func:`update_hold`):
 #: a Redis channel publishes every state change.
 UPDATE_HOLD_S = 0.02
+#: A leg's last states before its final record (ENDING_STATES) wait this long instead: its
+#: CHANNEL_HANGUP_COMPLETE follows within milliseconds on a quiet switch, but at load FreeSWITCH takes
+#: up to a few hundred (its own delivery to an event-socket listener: p99 about 200 ms at 100 calls/s
+#: here), and a state that the final record replaces within this is never built or written. A leg
+#: that goes on after an unbridge (a transfer, an IVR after the bridge) shows its newer state when
+#: the next event comes, or ``unbridged`` at most this late.
+ENDING_HOLD_S = 0.25
+ENDING_STATES = frozenset(("CHANNEL_UNBRIDGE", "CHANNEL_HANGUP"))
 
 #: How long ``replay`` waits for a failing sink's immediate retry before it says how that went.
 REPLAY_WAIT_S = 1.0
@@ -95,6 +103,8 @@ class Engine:
         #: with the final records (flush and stop release them from other threads)
         self.update_hold_s = update_hold(self.lanes)
         self._held: dict[Any, list[Any]] = {}
+        #: the same for legs whose first held update is an ending state (ENDING_HOLD_S)
+        self._ending: dict[Any, list[Any]] = {}
         self._held_lock = threading.Lock()
         #: updates never built because a newer record of their leg came within the hold
         self.superseded = 0
@@ -165,11 +175,8 @@ class Engine:
 
     def _after_event(self) -> None:
         now = time.monotonic()
-        if self._held:
-            # under the lock: a flush, stop or reload on another thread may empty the map meanwhile
-            with self._held_lock:
-                oldest = next(iter(self._held.values()), None)
-            if oldest is not None and now - oldest[0] >= self.update_hold_s:
+        if self._held or self._ending:
+            if self._due(now):
                 self.release_updates(now)
         if now - self._yielded > YIELD_INTERVAL_S:
             self._give_way(now)
@@ -181,33 +188,51 @@ class Engine:
         with self._held_lock:
             held = self._held.get(uuid)
             if held is None:
-                self._held[uuid] = [time.monotonic(), seq, name, source]
+                held = self._ending.get(uuid)
+            if held is None:
+                (self._ending if name in ENDING_STATES else self._held)[uuid] = [time.monotonic(), seq, name, source]
             else:
                 # of two updates of one leg the higher event_seq wins (realtime.supersedes); the
-                # entry keeps its place and its time, so no state waits longer than the hold
+                # entry keeps its place and its time, so no state waits longer than its hold
                 self.superseded += 1
                 if (seq or 0) >= (held[1] or 0):
                     held[1:] = (seq, name, source)
 
+    def _holds(self) -> tuple[tuple[dict[Any, list[Any]], float], ...]:
+        return (self._held, self.update_hold_s), (self._ending, max(self.update_hold_s, ENDING_HOLD_S))
+
+    def _due(self, now: float) -> bool:
+        """Whether the oldest held update of either hold has waited long enough."""
+        # under the lock: a flush, stop or reload on another thread may empty a map meanwhile
+        with self._held_lock:
+            for held, hold_s in self._holds():
+                oldest = next(iter(held.values()), None)
+                if oldest is not None and now - oldest[0] >= hold_s:
+                    return True
+        return False
+
     def release_updates(self, now: float, everything: bool = False) -> int:
-        """Build and send the held updates older than the hold (all of them: ``everything``).
+        """Build and send the held updates that waited their hold (all of them: ``everything``).
         The source thread calls it after each event and when no event came (``tick``); flush, stop
         and a shutdown release everything. Returns how many were released."""
         with self._held_lock:
-            held = self._held
-            if not held:
+            if not self._held and not self._ending:
                 return 0
-            if everything:
-                taken = list(held.values())
-                held.clear()
-            else:
-                cutoff = now - self.update_hold_s
+            taken: list[list[Any]] = []
+            for held, hold_s in self._holds():
+                if everything:
+                    taken += held.values()
+                    held.clear()
+                    continue
+                cutoff = now - hold_s
                 keys = []
-                for key, item in held.items():
+                for key, item in held.items():  # in the order they came: the oldest first
                     if item[0] > cutoff:
                         break
                     keys.append(key)
-                taken = [held.pop(key) for key in keys]
+                taken += [held.pop(key) for key in keys]
+            if len(taken) > 1:
+                taken.sort(key=lambda item: item[0])
             for _since, _seq, name, source in taken:
                 try:
                     self._update(source() if callable(source) else source, name)
@@ -218,13 +243,13 @@ class Engine:
 
     def tick(self) -> None:
         """The source had no event for a while: release the updates that waited long enough."""
-        if self._held:
+        if self._held or self._ending:
             self.release_updates(time.monotonic())
 
     @property
     def holding(self) -> bool:
         """Whether updates wait to be built (the source then polls at least every hold)."""
-        return bool(self._held)
+        return bool(self._held or self._ending)
 
     def _give_way(self, now: float) -> None:
         """See YIELD_INTERVAL_S: let a thread that waits for the GIL have it; and while the guard is
@@ -267,9 +292,10 @@ class Engine:
 
     def _dispatch_final(self, record: CallRecord, final: bool) -> None:
         """A leg's last record: an update of it still held is superseded and never built."""
-        if self._held:
+        if self._held or self._ending:
             with self._held_lock:
-                if self._held.pop(record.get("uuid"), None) is not None:
+                uuid = record.get("uuid")
+                if self._held.pop(uuid, None) is not None or self._ending.pop(uuid, None) is not None:
                     self.superseded += 1
                 self._dispatch(record, final)
         else:

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from conftest import SCENARIOS, database_entry, drop_table, make_config, rows, scenario_events
-from fs_cdr.engine import Engine, probe_config
+from processes import wait_for
+from fs_cdr.engine import ENDING_HOLD_S, Engine, probe_config
 from fs_cdr.realtime import STATES as UPDATE_EVENTS
 from fs_cdr.realtime import UpdateBuilder, header_plan, read_headers
 
@@ -264,6 +265,41 @@ def test_an_update_its_leg_supersedes_within_the_hold_is_never_read_nor_sent(tmp
     engine.tick()
     assert [record["call_state"] for record in lane.offered] == ["completed", "answered"]
     assert reads == ["CHANNEL_ANSWER"]
+
+
+def test_a_legs_ending_state_waits_for_its_final_record_longer_and_goes_out_if_none_comes(tmp_path) -> None:
+    """A leg's UNBRIDGE or HANGUP is followed by its final record, at load up to a few hundred ms
+    later: it waits ENDING_HOLD_S, not the short hold, so the final record replaces it unbuilt; with
+    no final record (a leg that goes on after an unbridge) it goes out once that hold has passed, in
+    the order the updates came."""
+    config = make_config({"cdr": {"database": dict(database_entry("sqlite", "cdr", tmp_path), real=True)}}, tmp_path)
+    lane = OfferedLane(coalesce=True)
+    engine = Engine(config, lane_factory=lambda config: [lane])
+    events = recorded("b_bridge_null")
+    a_leg = events[0]["Unique-ID"]
+    by_name = {event["Event-Name"]: event for event in events if event["Unique-ID"] == a_leg}
+    reads: list[str] = []
+    _feed(engine, [by_name["CHANNEL_HANGUP"]], reads)
+    time.sleep(engine.update_hold_s * 3)
+    engine.tick()
+    assert lane.offered == [] and engine.holding  # still waiting for the final record
+    _feed(engine, [by_name["CHANNEL_UNBRIDGE"], by_name["CHANNEL_HANGUP_COMPLETE"]], reads)
+    assert [record["call_state"] for record in lane.offered] == ["completed"]
+    assert reads == [] and not engine.holding
+
+    # another leg: an unbridge with no final record, then a short-held answer of a third leg
+    engine = Engine(config, lane_factory=lambda config: [lane])
+    lane.offered.clear()
+    unbridge = dict(by_name["CHANNEL_UNBRIDGE"], **{"Unique-ID": "leg-going-on"})
+    answer = dict(by_name["CHANNEL_ANSWER"], **{"Unique-ID": "leg-answered"})
+    _feed(engine, [unbridge, answer], reads)
+    time.sleep(engine.update_hold_s * 3)
+    engine.tick()
+    assert [record["uuid"] for record in lane.offered] == ["leg-answered"]
+    assert wait_for(lambda: engine.tick() or len(lane.offered) == 2, ENDING_HOLD_S * 4)
+    assert [(record["uuid"], record["call_state"]) for record in lane.offered] == [
+        ("leg-answered", "answered"), ("leg-going-on", "unbridged")]
+    assert reads == ["CHANNEL_ANSWER", "CHANNEL_UNBRIDGE"]
 
 
 def test_every_state_change_goes_at_once_where_a_sink_publishes_each(tmp_path) -> None:

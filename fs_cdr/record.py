@@ -707,34 +707,23 @@ class RecordBuilder:
         return (name, self.is_secret(name))
 
 
-def record_json(record: CallRecord) -> bytes:
+def record_json(record: CallRecord, newline: bool = False) -> bytes:
     """A record as one JSON document with ``details`` as a nested object: what Redis carries and
     what the spool stores. ``details`` is already JSON text, so it is spliced in, not escaped again
-    (it is the builder's own JSON: no ``fields`` entry may name the ``details`` column)."""
+    (it is the builder's own JSON: no ``fields`` entry may name the ``details`` column).
+    ``newline``: ending in one (a JSON-lines file's line), made in the same pass, so that a 9 KB
+    document is not copied again to add one byte."""
+    dump = dumpb_line if newline else dumpb
     details = record.get("details")
     if not isinstance(details, str):
-        return dumpb(record)
+        return dump(record)
     if _Fragment is not None:
         try:  # orjson copies the text in as it is: one pass, a third of the time of the splice below
-            return dumpb(dict(record, details=_Fragment(details)))
+            return dump(dict(record, details=_Fragment(details)))
         except TypeError:  # a lone surrogate in details (it came from bytes that were not UTF-8)
             pass
     head = dumpb({name: value for name, value in record.items() if name != "details"})
-    return head[:-1] + b',"details":' + details.encode("utf-8", "surrogatepass") + b"}"
-
-
-def record_line(record: CallRecord) -> bytes:
-    """:func:`record_json` ending in a newline (a JSON-lines file's line), made in the same pass: a
-    9 KB document is not copied again to add one byte."""
-    details = record.get("details")
-    if _Fragment is not None and isinstance(details, str):
-        try:
-            return dumpb_line(dict(record, details=_Fragment(details)))
-        except TypeError:  # a lone surrogate in details: record_json's splice
-            pass
-    elif not isinstance(details, str):
-        return dumpb_line(record)
-    return record_json(record) + b"\n"
+    return head[:-1] + b',"details":' + details.encode("utf-8", "surrogatepass") + (b"}\n" if newline else b"}")
 
 
 def record_from_json(text: bytes) -> CallRecord:

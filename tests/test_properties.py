@@ -31,7 +31,7 @@ from fs_cdr.config import CdrConfig, Paths, load_config, parse_config
 from fs_cdr.engine import Engine
 from fs_cdr.errors import ConfigError
 from fs_cdr.fields import IDENTIFIER, RESERVED_COLUMNS, VARIABLE, lookup_in, parse_field, parse_fields, to_number
-from fs_cdr.record import MASK, RecordBuilder, record_from_json, record_json, record_line
+from fs_cdr.record import MASK, RecordBuilder, record_from_json, record_json
 from fs_cdr.schema import SHORT_LIMIT, TEXT_LIMIT, table_columns
 
 # -- profile -------------------------------------------------------------------------------------
@@ -183,9 +183,9 @@ def assert_record_is_storable(record: dict[str, Any], headers: dict[str, Any]) -
     # The one document Redis and the spool carry: valid JSON, and the same record read back.
     assert record_from_json(record_json(record)) == record
     # a JSON-lines file's line is that document and a newline, whatever the headers held
-    assert record_line(record) == record_json(record) + b"\n"
+    assert record_json(record, newline=True) == record_json(record) + b"\n"
     without_details = {name: value for name, value in record.items() if name != "details"}
-    assert record_line(without_details) == record_json(without_details) + b"\n"
+    assert record_json(without_details, newline=True) == record_json(without_details) + b"\n"
 
 
 def swig_str(data: bytes) -> str:

@@ -35,7 +35,7 @@ from ..channel import loads
 from ..config import BatchSettings, Section, SectionContext, read_batch
 from ..errors import ConfigError, RetriableError
 from ..fields import VARIABLE, parse_template
-from ..record import CallRecord, record_line
+from ..record import CallRecord, record_json
 from .worker import write_parts
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def line_encoder(settings: FileConfig, config: CdrConfig) -> Callable[[CallRecor
         def jsonl(record: CallRecord) -> tuple[str, bytes]:
             if record.get("leg") not in keep:
                 return str(record["uuid"]), b""
-            return str(record["uuid"]), record_line(record)
+            return str(record["uuid"]), record_json(record, newline=True)
 
         return jsonl
     # what FreeSWITCH resolves from its channel variables is read from them (details), as mod_cdr_csv
@@ -262,7 +262,7 @@ class FileSink:
         """Records not encoded by a lane (a test, the benchmark's sink alone): JSON lines only."""
         if self.config.format != "jsonl":
             raise RetriableError("a CSV file sink takes lines encoded by its lane")
-        self.write_encoded([(str(record["uuid"]), record_line(record)) for record in records])
+        self.write_encoded([(str(record["uuid"]), record_json(record, newline=True)) for record in records])
 
     def write_encoded(self, messages: Sequence[tuple[Any, ...]], meanwhile: Callable[[], None] | None = None) -> None:
         lines = [line for message in messages if (line := message[-1])]

@@ -359,6 +359,7 @@ def serve() -> None:
             # a request that cannot be unpickled (a sink class this worker cannot import) is that
             # request's failure, answered like any other: the framing stays intact
             operation, argument = pickle.loads(request[0])
+            answer: tuple[Any, ...] = ("ok",)
             if operation == "write_encoded":
                 argument = _with_documents(argument, request[1])
             if operation == "open":
@@ -372,11 +373,7 @@ def serve() -> None:
                     raise RetriableError("the worker has no open sink")
                 getattr(sink, operation)(argument)
             elif operation == "run":
-                result = cast(Any, argument)()
-                answer: tuple[Any, ...] = ("ok", result)
-                _answer(replies, answer)
-                continue
-            answer = ("ok",)
+                answer = ("ok", cast(Any, argument)())
         except ConfigError as error:
             answer = ("config", error.path, error.message)
         except RejectedError as error:

@@ -31,7 +31,7 @@ import freeswitch
 
 from .channel import dumps
 from .config import CdrConfig, Paths, load_config, resolve_config_path
-from .engine import EVENTS, REALTIME_EVENTS, Engine, format_status
+from .engine import EVENTS, Engine, format_status
 from .errors import ConfigError
 from .realtime import STATES, header_plan, read_headers
 
@@ -133,19 +133,24 @@ def consume() -> None:
     for name in EVENTS[1:]:
         consumer.bind(name, "")
     log.info("consuming %s (queue %d)", ", ".join(EVENTS), CONSUMER_QUEUE)
-    realtime_bound = False
+    #: the real-time events bound so far, and the engine's set they were last checked against
+    bound: set[str] = set()
+    checked: frozenset[str] = frozenset()
     plan: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     header_config = None
     while _source_running.is_set():
         try:
             engine = _engine
-            if engine is not None and engine.config.real and not realtime_bound:
-                # bound here, in the consumer's own thread; it is never unbound (updates are ignored
-                # while real-time mode is off again)
-                for name in REALTIME_EVENTS:
+            if engine is not None and engine.config.real and engine.realtime_events is not checked:
+                # bound here, in the consumer's own thread; never unbound (the engine ignores what
+                # it no longer needs: real-time mode off again, or the sink that needed it gone)
+                checked = engine.realtime_events
+                missing = sorted(checked - bound)
+                for name in missing:
                     consumer.bind(name, "")
-                realtime_bound = True
-                log.info("real-time mode: also consuming %s", ", ".join(REALTIME_EVENTS))
+                bound.update(missing)
+                if missing:
+                    log.info("real-time mode: also consuming %s", ", ".join(missing))
             # while real-time updates wait to be built (Engine.update_hold_s), look often enough
             event = consumer.pop(1, HOLD_POLL_MS if engine is not None and engine.holding else 500)
             if event is None or engine is None:

@@ -8,13 +8,14 @@ channel's last message of a leg is its final)."""
 from __future__ import annotations
 
 import json
+from typing import Collection
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import database_entry, drop_table, make_config, rows, run_sql, scenario_events
-from fs_cdr.engine import Engine, probe_config
+from fs_cdr.engine import REALTIME_EVENTS, TABLE_SKIPS, Engine, probe_config
 from fs_cdr.realtime import COMPLETED, ChannelOrder, supersedes
 from fs_cdr.writer import _unique
 
@@ -28,18 +29,28 @@ def channel_events(scenario: str) -> list[dict]:
     return [event for event in scenario_events(scenario) if event["Event-Name"] in CHANNEL_EVENTS]
 
 
-def late_hangups(events: list[dict]) -> list[dict]:
-    """The stream as FreeSWITCH delivered it at load: each CHANNEL_HANGUP right after its leg's
-    CHANNEL_HANGUP_COMPLETE."""
-    hangups = {event["Unique-ID"]: event for event in events if event["Event-Name"] == "CHANNEL_HANGUP"}
+def late_updates(events: list[dict], names: Collection[str]) -> list[dict]:
+    """The stream as FreeSWITCH delivered it at load: each leg's last event of ``names`` right after
+    its CHANNEL_HANGUP_COMPLETE."""
+    last = {event["Unique-ID"]: event for event in events if event["Event-Name"] in names}
     out = []
     for event in events:
-        if event["Event-Name"] == "CHANNEL_HANGUP":
+        if last.get(event["Unique-ID"]) is event:
             continue
         out.append(event)
-        if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE" and event["Unique-ID"] in hangups:
-            out.append(hangups[event["Unique-ID"]])
+        if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE" and event["Unique-ID"] in last:
+            out.append(last[event["Unique-ID"]])
     return out
+
+
+def late_hangups(events: list[dict]) -> list[dict]:
+    """Each CHANNEL_HANGUP after its leg's CHANNEL_HANGUP_COMPLETE, as the report saw it."""
+    return late_updates(events, ("CHANNEL_HANGUP",))
+
+
+def late_table_updates(events: list[dict]) -> list[dict]:
+    """Each leg's last update that a table consumes (a table takes no CHANNEL_HANGUP) after its final."""
+    return late_updates(events, frozenset(REALTIME_EVENTS) - TABLE_SKIPS)
 
 
 def test_a_completed_record_is_never_replaced_by_an_update() -> None:
@@ -108,8 +119,9 @@ def _clear(kind: str, tmp_path, table: str) -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_a_late_hangup_leaves_every_leg_completed_with_its_details(sql_kind, table_name, tmp_path, engines,
                                                                    scenario) -> None:
-    """The stream of the report: every CHANNEL_HANGUP after its HANGUP_COMPLETE, all in one batch."""
-    events = late_hangups(channel_events(scenario))
+    """The stream of the report, all in one batch: every leg's last update after its HANGUP_COMPLETE
+    (a table takes no CHANNEL_HANGUP: its UNBRIDGE, BRIDGE or ANSWER, whichever came last)."""
+    events = late_table_updates(channel_events(scenario))
     expected = _hangup_only_rows(sql_kind, tmp_path, table_name + "_h", events)
     try:
         config = make_config({"cdr": {"details": True, "database": dict(
@@ -227,10 +239,8 @@ def test_redis_lists_each_final_once_and_publishes_it_last(tmp_path, engines, ta
 
 
 
-def test_the_recorded_late_hangup_as_freeswitch_delivered_it(sql_kind, table_name, tmp_path, engines) -> None:
-    """live_late_hangup: calls of a real 2,000-call burst whose legs' CHANNEL_HANGUP reached the event
-    socket after their CHANNEL_HANGUP_COMPLETE, in FreeSWITCH's own order, all in one batch."""
-    events = channel_events("live_late_hangup")
+def _late_hangups(events: list[dict]) -> list[str]:
+    """The legs whose CHANNEL_HANGUP comes after their CHANNEL_HANGUP_COMPLETE."""
     completed: set[str] = set()
     late = []
     for event in events:
@@ -238,6 +248,14 @@ def test_the_recorded_late_hangup_as_freeswitch_delivered_it(sql_kind, table_nam
             completed.add(event["Unique-ID"])
         elif event["Event-Name"] == "CHANNEL_HANGUP" and event["Unique-ID"] in completed:
             late.append(event["Unique-ID"])
+    return late
+
+
+def test_the_recorded_late_hangup_as_freeswitch_delivered_it(sql_kind, table_name, tmp_path, engines) -> None:
+    """live_late_hangup: calls of a real 2,000-call burst whose legs' CHANNEL_HANGUP reached the event
+    socket after their CHANNEL_HANGUP_COMPLETE, in FreeSWITCH's own order, all in one batch."""
+    events = channel_events("live_late_hangup")
+    late = _late_hangups(events)
     assert late, "the recording shows no late CHANNEL_HANGUP"
     expected = _hangup_only_rows(sql_kind, tmp_path, table_name + "_h", events)
     try:
@@ -249,6 +267,38 @@ def test_the_recorded_late_hangup_as_freeswitch_delivered_it(sql_kind, table_nam
         found = {row["uuid"]: row for row in rows(sql_kind, tmp_path, table_name)}
         assert found == expected and set(late) <= set(found)
         assert all(row["call_state"] == COMPLETED and row["details"] for row in found.values())
-        assert engine.status()["stale_updates"] >= len(late)  # each late update kept from the table
+        assert "CHANNEL_HANGUP" not in engine.realtime_events  # a table does not even take them
     finally:
         drop_table(sql_kind, tmp_path, table_name + "_h")
+
+
+def test_the_recorded_late_hangups_are_kept_from_a_redis_channel(tmp_path, engines, table_name) -> None:
+    """A Redis channel publishes every state change, CHANNEL_HANGUP included: the late ones of the
+    recording are counted stale and never published after their leg's final record."""
+    import redis
+
+    key = f"fs_cdr_test:{table_name}"
+    client = redis.Redis()
+    pubsub = client.pubsub()
+    pubsub.subscribe(key)
+    pubsub.get_message(timeout=2)
+    events = channel_events("live_late_hangup")
+    finals = {event["Unique-ID"] for event in events if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"}
+    late = _late_hangups(events)
+    assert late, "the recording shows no late CHANNEL_HANGUP"
+    try:
+        engine = engines(make_config({"cdr": {"redis": {"channel": key, "real": True}}}, tmp_path))
+        assert "CHANNEL_HANGUP" in engine.realtime_events
+        for event in events:
+            engine.handle(event)
+        assert engine.flush(10)
+        published: dict[str, list[str]] = {}
+        while (message := pubsub.get_message(timeout=1)) is not None:
+            if message["type"] == "message":
+                document = json.loads(message["data"])
+                published.setdefault(document["uuid"], []).append(document["call_state"])
+        assert {uuid: states[-1] for uuid, states in published.items() if uuid in finals} == \
+            {uuid: COMPLETED for uuid in finals}
+        assert engine.status()["stale_updates"] >= len(late)  # each late update kept from the channel
+    finally:
+        pubsub.close()

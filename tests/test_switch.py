@@ -105,6 +105,28 @@ def test_python_fs_cdr_on_every_call_starts_one_engine(fake_switch) -> None:
     assert "already running" in api(fake_switch, "start")
 
 
+def test_real_time_binds_the_events_its_sinks_need(fake_switch) -> None:
+    """A table takes every state change but CHANNEL_HANGUP (its final record follows within
+    milliseconds and replaces it); a Redis channel, added by a reload, publishes every change: the
+    source then binds CHANNEL_HANGUP too."""
+    from fs_cdr.realtime import STATES
+
+    path = fake_switch.tmp_path / "cdr.json"
+    config = json.loads(path.read_text())
+    config["cdr"]["database"]["real"] = True
+    path.write_text(json.dumps(config))
+    api(fake_switch, "start")
+    consumer = fake_switch.consumers[0]
+    assert wait_for(lambda: "CHANNEL_CREATE" in consumer.bound, 5)
+    assert set(consumer.bound) == {"CHANNEL_HANGUP_COMPLETE", "SHUTDOWN_REQUESTED", "SHUTDOWN"} | (
+        set(STATES) - {"CHANNEL_HANGUP"})
+    config["cdr"]["redis"] = {"channel": "fs_cdr_test:binding", "real": True}
+    path.write_text(json.dumps(config))
+    assert api(fake_switch, "reload").startswith("+OK")
+    assert wait_for(lambda: "CHANNEL_HANGUP" in consumer.bound, 5)
+    assert len(consumer.bound) == len(set(consumer.bound))  # nothing bound twice
+
+
 def test_events_from_the_consumer_become_rows_and_status_counts_them(fake_switch) -> None:
     importlib.reload(fake_switch.fs_cdr).runtime("")
     for scenario in SCENARIOS:

@@ -198,6 +198,17 @@ def dumps(value: Any) -> str:
     return _dumpb(value).decode("utf-8", "surrogatepass")
 
 
+def log_json(value: Any) -> str:
+    """:func:`dumps` for a log line: every character that is not printable (a control, a line or
+    paragraph separator, a bidirectional override, an invisible one) escaped the way JSON does, so a
+    channel variable can neither break the line nor reorder what it shows; the text still reads back
+    as ``value``."""
+    text = dumps(value)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else json.dumps(char)[1:-1] for char in text)
+
+
 def loads(text: Union[str, bytes]) -> Any:
     return _loads(text)
 

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .channel import HANGUP_EVENT, Headers, decode_event, dumps, header, shown
+from .channel import HANGUP_EVENT, Headers, decode_event, header, log_json, shown
 from .config import CdrConfig
 from .errors import ConfigError
 from .realtime import COMPLETED, REMOVED, STATES, ChannelOrder, UpdateBuilder, close_lost_rows_soon, parse_sequence, sequence
@@ -294,7 +294,7 @@ class Engine:
         record["event_seq"] = sequence(headers)
         self.records += 1
         if self.config.log:
-            log.info("CDR %s", dumps(record))
+            log.info("CDR %s", log_json(record))
         self._dispatch_final(record, final=True)
         return record
 

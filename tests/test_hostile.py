@@ -19,6 +19,7 @@ import pytest
 
 from conftest import cjson_object, connect, database_entry, drop_table, hangups, make_config, rows
 from fs_cdr.channel import DECODE_NOTICES, decode_event, dumps
+from fs_cdr.engine import Engine
 from fs_cdr.record import MASK
 
 MIB = 1 << 20
@@ -237,6 +238,22 @@ def test_the_hostile_corpus_round_trips_through_redis(tmp_path, engines, caplog)
     status = engine.status()
     assert status["sinks"][0]["written"] == len(EVENTS) and status["sinks"][0]["rejected"] == 0
     check({document["uuid"]: document for document in documents}, caplog.text + DECODE_LOG)
+
+
+def test_a_hostile_record_logged_is_one_printable_line_that_reads_back(tmp_path, caplog) -> None:
+    """``"log": true``: the CDR line in FreeSWITCH's log holds the record as JSON in which every control,
+    separator, bidirectional or invisible character is escaped: a caller name can neither break the
+    line nor reorder what it shows, and the JSON still reads back as the record."""
+    value = "".join(CORPUS[name][1] for name in ("controls", "rtl", "invisible", "noncharacters", "cjk", "emoji"))
+    event = dict(hangups("a_single_null")[0], **{"Caller-Caller-ID-Name": value, "variable_x\u202ey": value})
+    engine = Engine(make_config({"cdr": {"log": True, "details": True}}, tmp_path), lane_factory=lambda config: [])
+    with caplog.at_level(logging.INFO, logger="fs_cdr"):
+        record = engine.handle(event)
+    lines = [entry.getMessage() for entry in caplog.records if entry.getMessage().startswith("CDR ")]
+    assert record is not None and len(lines) == 1
+    assert lines[0].isprintable() and "\u202e" not in lines[0] and "\u2028" not in lines[0]
+    assert json.loads(lines[0][len("CDR "):]) == record
+    assert "张伟" in lines[0]  # what is printable stays as it is
 
 
 def _max_allowed_packet() -> int:

@@ -204,14 +204,20 @@ def test_records_of_one_leg_in_any_order_in_a_lane_and_its_spool(sql_kind, table
         drop_table(sql_kind, tmp_path, table_name + "_h")
 
 
-def test_redis_lists_each_final_once_and_publishes_it_last(tmp_path, engines, table_name) -> None:
+def _subscribed(key: str):
+    """A Redis client and a subscription to channel ``key``, confirmed."""
     import redis
 
-    key = f"fs_cdr_test:{table_name}"
     client = redis.Redis()
     pubsub = client.pubsub()
     pubsub.subscribe(key)
     pubsub.get_message(timeout=2)
+    return client, pubsub
+
+
+def test_redis_lists_each_final_once_and_publishes_it_last(tmp_path, engines, table_name) -> None:
+    key = f"fs_cdr_test:{table_name}"
+    client, pubsub = _subscribed(key)
     events = channel_events("live_extension_to_extension")
     doubled = late_hangups(events) + late_hangups(events)  # and everything again, as a replay
     try:
@@ -275,13 +281,8 @@ def test_the_recorded_late_hangup_as_freeswitch_delivered_it(sql_kind, table_nam
 def test_the_recorded_late_hangups_are_kept_from_a_redis_channel(tmp_path, engines, table_name) -> None:
     """A Redis channel publishes every state change, CHANNEL_HANGUP included: the late ones of the
     recording are counted stale and never published after their leg's final record."""
-    import redis
-
     key = f"fs_cdr_test:{table_name}"
-    client = redis.Redis()
-    pubsub = client.pubsub()
-    pubsub.subscribe(key)
-    pubsub.get_message(timeout=2)
+    client, pubsub = _subscribed(key)
     events = channel_events("live_late_hangup")
     finals = {event["Unique-ID"] for event in events if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"}
     late = _late_hangups(events)

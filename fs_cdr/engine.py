@@ -460,16 +460,20 @@ class Engine:
 def update_hold(lanes: Sequence[SinkLane]) -> float:
     """UPDATE_HOLD_S where every real-time sink is a table (one row per leg: only the newest state
     counts); 0 where one publishes every state change (a Redis channel)."""
-    return UPDATE_HOLD_S if all(lane.coalesce for lane in lanes if lane.realtime) else 0.0
+    return UPDATE_HOLD_S if _tables_only(lanes) else 0.0
 
 
 def realtime_events(lanes: Sequence[SinkLane]) -> frozenset[str]:
     """The channel events real-time updates come from: every state change (REALTIME_EVENTS) where a
     sink publishes each one; where every real-time sink is a table, all but TABLE_SKIPS (a row goes
     from its last live state to its final record)."""
-    if all(lane.coalesce for lane in lanes if lane.realtime):
-        return frozenset(REALTIME_EVENTS) - TABLE_SKIPS
-    return frozenset(REALTIME_EVENTS)
+    return frozenset(REALTIME_EVENTS) - (TABLE_SKIPS if _tables_only(lanes) else frozenset())
+
+
+def _tables_only(lanes: Sequence[SinkLane]) -> bool:
+    """Whether every real-time sink keeps one row per leg (only its newest state counts), none
+    publishing each state change (a Redis channel)."""
+    return all(lane.coalesce for lane in lanes if lane.realtime)
 
 
 def probe_config(config: CdrConfig) -> None:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import database_entry, drop_table, make_config, rows, run_sql, scenario_events
+from live_load import late_hangup_legs
 from fs_cdr.engine import REALTIME_EVENTS, TABLE_SKIPS, Engine, probe_config
 from fs_cdr.realtime import COMPLETED, ChannelOrder, supersedes
 from fs_cdr.writer import _unique
@@ -245,23 +246,11 @@ def test_redis_lists_each_final_once_and_publishes_it_last(tmp_path, engines, ta
 
 
 
-def _late_hangups(events: list[dict]) -> list[str]:
-    """The legs whose CHANNEL_HANGUP comes after their CHANNEL_HANGUP_COMPLETE."""
-    completed: set[str] = set()
-    late = []
-    for event in events:
-        if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE":
-            completed.add(event["Unique-ID"])
-        elif event["Event-Name"] == "CHANNEL_HANGUP" and event["Unique-ID"] in completed:
-            late.append(event["Unique-ID"])
-    return late
-
-
 def test_the_recorded_late_hangup_as_freeswitch_delivered_it(sql_kind, table_name, tmp_path, engines) -> None:
     """live_late_hangup: calls of a real 2,000-call burst whose legs' CHANNEL_HANGUP reached the event
     socket after their CHANNEL_HANGUP_COMPLETE, in FreeSWITCH's own order, all in one batch."""
     events = channel_events("live_late_hangup")
-    late = _late_hangups(events)
+    late = late_hangup_legs(events)
     assert late, "the recording shows no late CHANNEL_HANGUP"
     expected = _hangup_only_rows(sql_kind, tmp_path, table_name + "_h", events)
     try:
@@ -285,7 +274,7 @@ def test_the_recorded_late_hangups_are_kept_from_a_redis_channel(tmp_path, engin
     client, pubsub = _subscribed(key)
     events = channel_events("live_late_hangup")
     finals = {event["Unique-ID"] for event in events if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"}
-    late = _late_hangups(events)
+    late = late_hangup_legs(events)
     assert late, "the recording shows no late CHANNEL_HANGUP"
     try:
         engine = engines(make_config({"cdr": {"redis": {"channel": key, "real": True}}}, tmp_path))
